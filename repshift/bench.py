@@ -1,0 +1,145 @@
+"""Throughput and GMACs of a (patched) model.
+
+Throughput follows the paper's protocol: random input already on the device (no data loading),
+``eval()`` + inference mode, AMP fp16 on CUDA, warm-up, then timed iterations with device
+synchronisation; the figure reported is the median images/s over repeats.
+
+GMACs follow the paper's "GFLOPs": multiply-accumulates (FLOPs / 2) of one image, attention
+matmuls included, counted by ``torch.utils.flop_counter`` on the model as it actually runs, so
+pruned token counts are what is counted.
+"""
+from __future__ import annotations
+
+import contextlib
+import platform
+import statistics
+import time
+from typing import Optional
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
+
+from repshift.attention import record_kernels
+from repshift.patch import is_patched
+
+AMP_DTYPES = {None: None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _autocast(device: torch.device, amp_dtype: Optional[str]):
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {list(AMP_DTYPES)}, got {amp_dtype!r}")
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp_dtype])
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _countable_attention(model):
+    """flash-attn's custom op is invisible to the FLOP counter; count its maths through SDPA."""
+    state = getattr(model, "repshift", None) if is_patched(model) else None
+    if state is None or state.attention != "flash_attn":
+        yield
+        return
+    state.attention = "sdpa"
+    try:
+        yield
+    finally:
+        state.attention = "flash_attn"
+
+
+@torch.no_grad()
+def count_gmacs(model, input_size=(3, 224, 224), device=None) -> float:
+    """Multiply-accumulates (in G) of one forward of a single image."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    images = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
+    try:
+        with _countable_attention(model), FlopCounterMode(display=False) as counter:
+            model(images)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device) -> str:
+    """GPU name, or the CPU model and thread count: recorded beside every throughput figure."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU: {cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+@torch.inference_mode()
+def compare(
+    models: dict,
+    *,
+    batch_size: int,
+    input_size=(3, 224, 224),
+    device="cpu",
+    amp_dtype: Optional[str] = None,
+    warmup: int = 5,
+    iters: int = 10,
+    repeats: int = 5,
+    progress: bool = True,
+    desc: str = "benchmark",
+) -> dict:
+    """Median images/s of each model on the same random input already on ``device``.
+
+    The models take turns within every repeat, so drift in machine load hits them alike.
+    Returns, per model name, the median, every repeat, the attention kernels that ran and the
+    settings.
+    """
+    device = torch.device(device)
+    images = torch.randn(batch_size, *input_size, device=device)
+    autocast = _autocast(device, amp_dtype)
+    kernels, rates = {}, {name: [] for name in models}
+    for name, model in models.items():
+        model.eval()
+        with autocast:
+            kernels[name], _ = record_kernels(model, images)
+            for _ in range(warmup):
+                model(images)
+    _synchronize(device)
+    for _ in tqdm(range(repeats), desc=desc, disable=not progress, leave=False):
+        for name, model in models.items():
+            with autocast:
+                start = time.perf_counter()
+                for _ in range(iters):
+                    model(images)
+                _synchronize(device)
+            rates[name].append(batch_size * iters / (time.perf_counter() - start))
+    settings = {
+        "batch": batch_size,
+        "iters": iters,
+        "warmup": warmup,
+        "repeats": repeats,
+        "precision": f"amp-{amp_dtype}" if amp_dtype else "fp32",
+        "device": device_name(device),
+    }
+    return {
+        name: {"img_per_s": statistics.median(rates[name]), "repeats_img_per_s": rates[name], "kernel": kernels[name], **settings}
+        for name in models
+    }
+
+
+def throughput(model, **settings) -> dict:
+    """``compare`` for a single model: its median images/s, kernels and settings."""
+    return compare({"model": model}, **settings)["model"]

@@ -1,0 +1,56 @@
+"""Token-importance scores as pure tensor functions.
+
+Representation shift (paper Eq. 4) is ``s = D(F(x), x)``: the distance between what a layer's
+branch produces and what went into it. Attention scores (Eqs. 2 and 3) are the baselines that
+need a materialised attention map. Every function here maps tensors to a ``[B, N]`` score per
+token; higher means more important. Nothing here knows about models.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+SHIFT_METRICS = ("l2", "l1", "cos")
+ATTENTION_METRICS = ("attn", "attn_cls", "attn_mean")
+CONTROL_METRICS = ("random", "none")
+METRICS = SHIFT_METRICS + ATTENTION_METRICS + CONTROL_METRICS
+SITES = ("attn", "mlp", "block")
+
+
+def shift(after: Tensor, before: Tensor, metric: str = "l2") -> Tensor:
+    """Distance ``D(after, before)`` per token over the channel dimension: ``[B, N, C] -> [B, N]``.
+
+    ``l2`` and ``l1`` are the norms of ``after - before``; ``cos`` is ``1 - cos(after, before)``.
+    Computed in float32 so scores under fp16/bf16 autocast rank tokens the same way.
+    """
+    after, before = after.float(), before.float()
+    if metric == "l2":
+        return torch.linalg.vector_norm(after - before, ord=2, dim=-1)
+    if metric == "l1":
+        return torch.linalg.vector_norm(after - before, ord=1, dim=-1)
+    if metric == "cos":
+        return 1.0 - torch.nn.functional.cosine_similarity(after, before, dim=-1)
+    raise ValueError(f"unknown representation-shift metric {metric!r}; expected one of {SHIFT_METRICS}")
+
+
+def cls_attention(attn: Tensor) -> Tensor:
+    """Eq. 2: attention of the class-token query (index 0) to every key, averaged over heads.
+
+    ``attn`` is the softmax map ``[B, H, N, N]`` (queries on dim 2); returns ``[B, N]``.
+    """
+    return attn[:, :, 0, :].float().mean(dim=1)
+
+
+def mean_attention(attn: Tensor) -> Tensor:
+    """Eq. 3: attention each token receives, averaged over all queries and heads: ``[B, N]``."""
+    return attn.float().mean(dim=(1, 2))
+
+
+def random_scores(batch: int, tokens: int, *, seed: int, layer: int, device=None) -> Tensor:
+    """Seeded uniform scores, one per token position and shared by every sample.
+
+    Sharing the draw across the batch keeps a sample's result independent of what else is in
+    its batch, so the random control is reproducible whatever the batch size or data order.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + layer)
+    return torch.rand(tokens, generator=generator).to(device).expand(batch, tokens)

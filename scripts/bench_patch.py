@@ -1,0 +1,111 @@
+"""Throughput of base vs Representation-Shift-pruned DeiT, against a score-free "static" model.
+
+    python scripts/bench_patch.py                      # CPU, batch 16, fp32
+    python scripts/bench_patch.py --device cuda        # GPU, batch 512, AMP fp16 (the paper's protocol)
+
+Models (same attention backend everywhere, DeiT schedule: layers 0,3,6, 20 % each):
+  base     timm's own forward (fused SDPA attention)
+  ours     repshift.patch(metric=l2, site=mlp): scores every token, then prunes
+  static   the same token counts by slicing, with no scoring: the ceiling for pruning's speed-up
+  attn     the paper's "Attn" baseline: class-attention scores, eager attention in every block
+The ratios ours/base and ours/static say what pruning buys and what scoring costs.
+Random weights: throughput does not depend on them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import timm
+import torch
+
+import repshift
+from repshift.bench import compare, count_gmacs
+
+SCHEDULE = dict(layers=(0, 3, 6), ratio=0.2)
+# Targets for the CPU run of the core-library issue: what pruning must buy, what scoring may cost.
+CPU_TARGETS = {"ours/base": 1.57, "ours/static": 0.97}
+
+
+def build(model_name: str, device: str, which: list[str]) -> dict:
+    variants = {
+        "base": None,
+        "ours": dict(metric="l2", site="mlp", attention="sdpa"),
+        "static": dict(metric="none", attention="sdpa"),
+        "attn": dict(metric="attn_cls", attention="eager"),
+    }
+    models = {}
+    for name in which:
+        torch.manual_seed(0)
+        model = timm.create_model(model_name, pretrained=False).to(device).eval()
+        if variants[name] is not None:
+            repshift.patch(model, **variants[name], **SCHEDULE)
+        models[name] = model
+    return models
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="deit_small_patch16_224")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=None, help="default: 16 on CPU, 512 on CUDA")
+    parser.add_argument("--amp", default=None, choices=["float16", "bfloat16"], help="default: float16 on CUDA")
+    parser.add_argument("--models", default="base,ours,static,attn")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default="outputs/bench", help="folder for the JSON record")
+    args = parser.parse_args()
+
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but torch sees no CUDA device")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch = args.batch or (512 if cuda else 16)
+    amp = args.amp or ("float16" if cuda else None)
+    which = args.models.split(",")
+    unknown = set(which) - {"base", "ours", "static", "attn"}
+    if unknown:
+        parser.error(f"unknown --models entries {sorted(unknown)}; choose from base, ours, static, attn")
+
+    models = build(args.model, args.device, which)
+    results = compare(
+        models,
+        batch_size=batch,
+        device=args.device,
+        amp_dtype=amp,
+        warmup=args.warmup if args.warmup is not None else (10 if cuda else 2),
+        iters=args.iters if args.iters is not None else (20 if cuda else 3),
+        repeats=args.repeats,
+    )
+    for name, model in models.items():
+        results[name]["gmacs"] = count_gmacs(model)
+        results[name]["tokens"] = list(model.repshift.tokens) if repshift.is_patched(model) else None
+
+    first = next(iter(results.values()))
+    print(f"{args.model} | {first['device']} | batch {batch} | {first['precision']} | median of {args.repeats}")
+    print(f"{'model':8} {'img/s':>9} {'GMACs':>7}  kernels")
+    for name, r in results.items():
+        print(f"{name:8} {r['img_per_s']:9.1f} {r['gmacs']:7.2f}  {','.join(r['kernel'])}")
+    ratios = {
+        f"{a}/{b}": results[a]["img_per_s"] / results[b]["img_per_s"]
+        for a, b in [("ours", "base"), ("ours", "static"), ("static", "base"), ("attn", "base"), ("ours", "attn")]
+        if a in results and b in results
+    }
+    for key, value in ratios.items():
+        target = CPU_TARGETS.get(key) if not cuda else None
+        verdict = "" if target is None else f"  (target >= {target}: {'met' if value >= target else 'NOT met'})"
+        print(f"{key:12} {value:.3f}{verdict}")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench_patch-{args.model}-{'cuda' if cuda else 'cpu'}-b{batch}.json"
+    path.write_text(json.dumps({"model": args.model, "results": results, "ratios": ratios}, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
