@@ -1,0 +1,146 @@
+"""Top-1 / top-5 classification accuracy, single process or sharded under torchrun."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from repshift.evaluate import distributed as D
+
+__all__ = ["evaluate", "collate_image_label", "IndexedSubset"]
+
+
+def _label_int(label: Any) -> int:
+    return int(label.item()) if isinstance(label, torch.Tensor) else int(label)
+
+
+def collate_image_label(batch: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate ``(image, label, *extras)`` samples into ``(images[B, ...], labels[B])``.
+
+    Elements after the label (e.g. ShapeBench masks) are ignored.
+    """
+    images = torch.stack([torch.as_tensor(s[0]) for s in batch])
+    labels = torch.tensor([_label_int(s[1]) for s in batch], dtype=torch.long)
+    return images, labels
+
+
+def _collate_indexed(batch):
+    idx = torch.tensor([s[0] for s in batch], dtype=torch.long)
+    images, labels = collate_image_label([s[1:] for s in batch])
+    return idx, images, labels
+
+
+class IndexedSubset(Dataset):
+    """``Subset(dataset, indices)`` whose samples are ``(dataset_index, image, label)``."""
+
+    def __init__(self, dataset, indices: Sequence[int]):
+        self.dataset = dataset
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        idx = self.indices[i]
+        sample = self.dataset[idx]
+        return idx, sample[0], sample[1]
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> dict:
+    """Top-1 / top-5 accuracy (percent) of ``model`` on ``dataset``.
+
+    ``dataset[i]`` returns ``(image, label, *extras)``; extras are ignored. Samples with
+    label ``-1`` (corrupt images skipped by the loader) are not fed to the model, are
+    excluded from the accuracy and counted in ``skipped``.
+
+    The model is moved to ``device`` and run in eval mode under ``torch.inference_mode()``
+    (its previous train/eval mode is restored afterwards), inside ``torch.autocast`` on
+    the device's type with ``amp_dtype`` when given. Top-5 uses ``min(5, num_classes)``.
+
+    When a ``torch.distributed`` process group is initialised (torchrun), each rank
+    evaluates its strided shard (:func:`~repshift.evaluate.distributed.shard_indices`,
+    no padding) and the per-sample predictions are all-gathered, so every rank returns
+    exactly what one process would. The progress bar is shown on rank 0 only.
+
+    Returns ``{"top1": float, "top5": float, "n": int, "skipped": int}``; accuracies are
+    NaN when no sample is valid.
+    """
+    device = torch.device(device)
+    rank, world = D.get_rank(), D.get_world_size()
+    indices = D.shard_indices(len(dataset), rank, world)
+    loader = DataLoader(
+        IndexedSubset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate_indexed,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+    was_training = model.training
+    model.to(device)
+    model.eval()
+    records: list[tuple[int, list[int], int]] = []
+    skipped_idx: list[int] = []
+    try:
+        with torch.inference_mode():
+            bar = tqdm(loader, desc=desc, total=len(loader), disable=not progress or rank != 0)
+            for idx, images, targets in bar:
+                valid = targets >= 0
+                if not bool(valid.all()):
+                    skipped_idx.extend(idx[~valid].tolist())
+                if not bool(valid.any()):
+                    continue
+                images = images[valid].to(device, non_blocking=True)
+                with _autocast(device, amp_dtype):
+                    logits = model(images)
+                if isinstance(logits, (tuple, list)):
+                    logits = logits[0]
+                k = min(5, logits.shape[-1])
+                top = logits.float().topk(k, dim=-1).indices.cpu()
+                records.extend(zip(idx[valid].tolist(), top.tolist(), targets[valid].tolist()))
+            bar.close()
+    finally:
+        model.train(was_training)
+
+    gathered = D.all_gather_objects((records, skipped_idx))
+    preds: dict[int, tuple[list[int], int]] = {}
+    skipped: set[int] = set()
+    for recs, skips in gathered:
+        for i, top, target in recs:
+            preds[i] = (top, target)
+        skipped.update(skips)
+
+    n = len(preds)
+    c1 = sum(1 for top, t in preds.values() if top[0] == t)
+    c5 = sum(1 for top, t in preds.values() if t in top)
+    return {
+        "top1": 100.0 * c1 / n if n else math.nan,
+        "top5": 100.0 * c5 / n if n else math.nan,
+        "n": n,
+        "skipped": len(skipped),
+    }

@@ -1,0 +1,34 @@
+"""Result files, environment info, paper numbers, tables, W&B logging and figures.
+
+Light to import: ``results`` (stdlib only) is loaded eagerly; the pandas / wandb /
+matplotlib parts load on first use of their names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from repshift.report.results import collect, environment, is_finished, read_result, write_result
+
+_LAZY = {
+    "TABLES": "repshift.report.tables",
+    "build": "repshift.report.tables",
+    "render": "repshift.report.tables",
+    "write": "repshift.report.tables",
+    "paper_numbers": "repshift.report.tables",
+    "paper_value": "repshift.report.tables",
+    "WandbLogger": "repshift.report.wandb_logger",
+    "NullLogger": "repshift.report.wandb_logger",
+    "make_logger": "repshift.report.wandb_logger",
+    "save_score_maps": "repshift.report.figures",
+    "plot_layer_curves": "repshift.report.figures",
+}
+
+__all__ = ["write_result", "read_result", "collect", "is_finished", "environment", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'repshift.report' has no attribute {name!r}")

@@ -1,0 +1,319 @@
+"""Result files: one ``result.json`` per run, written atomically, plus environment info.
+
+A run writes its result exactly once, at the end, with :func:`write_result`. The file
+appears in one step (``os.replace`` of a fully written and fsynced temp file), so a run
+killed half-way leaves no ``result.json`` and :func:`is_finished` stays false for it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULT_NAME = "result.json"
+
+__all__ = [
+    "RESULT_NAME",
+    "write_result",
+    "read_result",
+    "collect",
+    "is_finished",
+    "environment",
+]
+
+
+# --------------------------------------------------------------------------- writing
+
+def _to_jsonable(obj: Any) -> Any:
+    """Recursively turn ``obj`` into plain JSON types (NaN/inf become ``null``)."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        seq = sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else obj
+        return [_to_jsonable(v) for v in seq]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    # OmegaConf containers
+    try:  # pragma: no cover - depends on omegaconf being importable
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return _to_jsonable(OmegaConf.to_container(obj, resolve=True))
+    except ImportError:  # pragma: no cover
+        pass
+    # numpy scalars / arrays and torch tensors expose .tolist() / .item()
+    if hasattr(obj, "tolist"):
+        try:
+            return _to_jsonable(obj.tolist())
+        except Exception:  # noqa: BLE001
+            pass
+    if hasattr(obj, "item"):
+        try:
+            return _to_jsonable(obj.item())
+        except Exception:  # noqa: BLE001
+            pass
+    return str(obj)
+
+
+def write_result(run_dir: str | os.PathLike, result: dict) -> Path:
+    """Write ``run_dir/result.json`` atomically and return its path.
+
+    The JSON goes to a temp file in the same folder, is flushed and fsynced, then
+    moved over ``result.json`` with :func:`os.replace`. If anything fails before the
+    replace, the temp file is removed and no ``result.json`` appears.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / RESULT_NAME
+    text = json.dumps(_to_jsonable(result), indent=2, sort_keys=False, allow_nan=False)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{RESULT_NAME}.", suffix=".tmp", dir=run_dir)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(run_dir)
+    return target
+
+
+def _fsync_dir(path: Path) -> None:
+    """Best effort: make the rename itself durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- reading
+
+def read_result(path: str | os.PathLike) -> dict:
+    """Read one result file (``result.json`` or the run folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULT_NAME
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def collect(root: str | os.PathLike, experiment: str | None = None) -> list[dict]:
+    """All ``result.json`` files under ``root`` (recursive), sorted by path.
+
+    Each dict gets ``_path`` (str) and ``_mtime`` (float, seconds). With ``experiment``
+    only results whose ``experiment`` key equals it are kept. Unreadable files are
+    skipped with a warning.
+    """
+    root = Path(root)
+    if not root.exists():
+        return []
+    out: list[dict] = []
+    for path in sorted(root.rglob(RESULT_NAME)):
+        if not path.is_file():
+            continue
+        try:
+            data = read_result(path)
+        except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+            warnings.warn(f"skipping unreadable result file {path}: {exc}", stacklevel=2)
+            continue
+        if experiment is not None and data.get("experiment") != experiment:
+            continue
+        data["_path"] = str(path)
+        try:
+            data["_mtime"] = path.stat().st_mtime
+        except OSError:  # pragma: no cover - raced with a delete
+            data["_mtime"] = 0.0
+        out.append(data)
+    return out
+
+
+def is_finished(run_dir: str | os.PathLike) -> bool:
+    """True when ``run_dir/result.json`` exists and parses as a JSON object."""
+    try:
+        read_result(Path(run_dir) / RESULT_NAME)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- environment
+
+_PACKAGES = {
+    "torch": "torch",
+    "timm": "timm",
+    "hydra": "hydra-core",
+    "omegaconf": "omegaconf",
+    "wandb": "wandb",
+    "pandas": "pandas",
+    "numpy": "numpy",
+}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _find_git_dir(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        candidate = folder / ".git"
+        if candidate.is_dir():
+            return candidate
+        if candidate.is_file():  # worktree / submodule: "gitdir: <path>"
+            try:
+                text = candidate.read_text(encoding="utf-8").strip()
+            except OSError:
+                return None
+            if text.startswith("gitdir:"):
+                gitdir = Path(text.split(":", 1)[1].strip())
+                return gitdir if gitdir.is_absolute() else (folder / gitdir).resolve()
+    return None
+
+
+def _commit_from_files(git_dir: Path) -> str:
+    """Resolve HEAD by reading files (no git binary needed)."""
+    try:
+        head = (git_dir / "HEAD").read_text(encoding="utf-8").strip()
+    except OSError:
+        return "unknown"
+    if not head.startswith("ref:"):
+        return head or "unknown"
+    ref = head.split(":", 1)[1].strip()
+    # worktrees keep refs in the common dir
+    dirs = [git_dir]
+    common = git_dir / "commondir"
+    if common.is_file():
+        try:
+            dirs.append((git_dir / common.read_text(encoding="utf-8").strip()).resolve())
+        except OSError:
+            pass
+    for d in dirs:
+        ref_file = d / ref
+        if ref_file.is_file():
+            try:
+                return ref_file.read_text(encoding="utf-8").strip() or "unknown"
+            except OSError:
+                pass
+        packed = d / "packed-refs"
+        if packed.is_file():
+            try:
+                for line in packed.read_text(encoding="utf-8").splitlines():
+                    parts = line.split()
+                    if len(parts) == 2 and parts[1] == ref:
+                        return parts[0]
+            except OSError:
+                pass
+    return "unknown"
+
+
+def git_info(start: str | os.PathLike | None = None) -> dict:
+    """``{"git_commit": sha or "unknown", "git_dirty": bool or None}`` for the repo holding ``start``."""
+    start = Path(start) if start is not None else Path(__file__).resolve().parent
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+    commit, dirty = None, None
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(start), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, env=env, check=False,
+        )
+        if proc.returncode == 0 and proc.stdout.strip():
+            commit = proc.stdout.strip()
+            st = subprocess.run(
+                ["git", "-C", str(start), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=20, env=env, check=False,
+            )
+            if st.returncode == 0:
+                dirty = bool(st.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    if commit is None:
+        git_dir = _find_git_dir(start)
+        commit = _commit_from_files(git_dir) if git_dir is not None else "unknown"
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _torch_info() -> dict:
+    info = {"cuda": None, "cudnn": None, "num_gpus": 0, "device": None}
+    try:
+        import torch
+    except ImportError:
+        return info
+    info["cuda"] = getattr(torch.version, "cuda", None)
+    try:
+        cudnn = torch.backends.cudnn.version()
+        info["cudnn"] = str(cudnn) if cudnn is not None else None
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        if torch.cuda.is_available():
+            info["num_gpus"] = torch.cuda.device_count()
+            info["device"] = torch.cuda.get_device_name(torch.cuda.current_device())
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def environment() -> dict:
+    """Everything needed to say where and with what a number was produced."""
+    env: dict[str, Any] = {}
+    env.update(git_info())
+    env["python"] = platform.python_version()
+    env["python_executable"] = sys.executable
+    for key, dist in _PACKAGES.items():
+        env[key] = _version(dist)
+    tinfo = _torch_info()
+    env["cuda"] = tinfo["cuda"]
+    env["cudnn"] = tinfo["cudnn"]
+    env["num_gpus"] = tinfo["num_gpus"]
+    env["device"] = tinfo["device"] or _cpu_name()
+    env["platform"] = platform.platform()
+    env["hostname"] = socket.gethostname()
+    env["slurm_job_id"] = os.environ.get("SLURM_JOB_ID")
+    env["slurm_array_job_id"] = os.environ.get("SLURM_ARRAY_JOB_ID")
+    env["slurm_array_task_id"] = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return env

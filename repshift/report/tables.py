@@ -1,0 +1,610 @@
+"""Paper-shaped tables from result dicts, with the paper's numbers beside ours.
+
+``build(table, results)`` returns a :class:`pandas.DataFrame` whose index holds the
+row labels and whose columns are flat strings (``"Base · ours"``, ``"Base · paper"``,
+``"Base · Δ"``, ...). Numbers stay numeric (``NaN`` = missing, rendered empty, never 0);
+``Δ = ours − paper``. The title and the notes travel in ``df.attrs["title"]`` and
+``df.attrs["notes"]``; :func:`render` turns the frame into markdown + CSV and
+:func:`write` stores ``<table>.md`` and ``<table>.csv``.
+
+Paper numbers come from ``paper_numbers.csv`` (long form: ``table, model, dataset,
+method, quantity, column, value``). Quantities used there: ``acc1`` (ImageNet top-1, %),
+``throughput`` (img/s or vid/s), ``gflops`` (the paper's GFLOPs, i.e. GMACs),
+``r@1``/``r@5``/``r@10`` (retrieval recall, %), ``acc`` (video-QA accuracy, %).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+__all__ = [
+    "TABLES",
+    "PAPER_CSV",
+    "paper_numbers",
+    "paper_value",
+    "build",
+    "render",
+    "write",
+]
+
+PAPER_CSV = Path(__file__).with_name("paper_numbers.csv")
+
+#: table names ``build`` understands (also the experiment folder names)
+TABLES: tuple[str, ...] = ("table1", "table5", "table6", "table7", "table8", "fig3", "fig5", "demo")
+
+SEP = " · "
+DAGGER = "†"
+TAINT_NOTE = f"{DAGGER} random weights / synthetic data: not comparable with the paper"
+
+
+# --------------------------------------------------------------------------- paper numbers
+
+@lru_cache(maxsize=1)
+def _paper_frame() -> pd.DataFrame:
+    df = pd.read_csv(PAPER_CSV, dtype=str, keep_default_na=False)
+    df["value"] = df["value"].astype(float)
+    return df
+
+
+def paper_numbers(table: str | None = None) -> pd.DataFrame:
+    """The transcribed paper numbers (a copy), optionally for one table."""
+    df = _paper_frame()
+    if table is not None:
+        df = df[df["table"] == table]
+    return df.reset_index(drop=True).copy()
+
+
+def paper_value(table: str, model: str, method: str, quantity: str,
+                dataset: str | None = None, column: str = "") -> float:
+    """One number from the paper, or NaN when the paper has none for that cell."""
+    df = _paper_frame()
+    mask = ((df["table"] == table) & (df["model"] == model) & (df["method"] == method)
+            & (df["quantity"] == quantity) & (df["column"] == column))
+    if dataset is not None:
+        mask &= df["dataset"] == dataset
+    hits = df.loc[mask, "value"]
+    if len(hits) == 0:
+        return math.nan
+    if len(hits) > 1:
+        raise ValueError(f"ambiguous paper cell {table}/{model}/{method}/{quantity}/{dataset}/{column}: "
+                         "pass dataset=")
+    return float(hits.iloc[0])
+
+
+# --------------------------------------------------------------------------- result access
+
+def _get(d: Any, dotted: str, default: Any = None) -> Any:
+    cur = d
+    for part in dotted.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        else:
+            return default
+    return cur
+
+
+def _num(v: Any) -> float | None:
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _name(v: Any) -> str | None:
+    """A config name from a string or a config node (``{"name": ...}``)."""
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        for key in ("name", "config", "kernel", "_name_"):
+            if isinstance(v.get(key), str):
+                return v[key]
+        return None
+    if isinstance(v, (list, tuple)):  # e.g. bench.kernel: the kernels that ran
+        return _name(v[0]) if v else None
+    return str(v)
+
+
+def model_of(r: dict) -> str:
+    return _name(r.get("model")) or "?"
+
+
+def method_of(r: dict) -> str:
+    return _name(r.get("method")) or "?"
+
+
+def attention_of(r: dict) -> str | None:
+    return _name(r.get("attention")) or _name(_get(r, "bench.kernel"))
+
+
+def layers_of(r: dict) -> list[int]:
+    layers = _get(r, "compress.layers")
+    if layers is None:
+        return []
+    if isinstance(layers, (int, float)):
+        return [int(layers)]
+    try:
+        return [int(x) for x in layers]
+    except (TypeError, ValueError):
+        return []
+
+
+def is_tainted(r: dict) -> bool:
+    """Random weights or synthetic data: not comparable with the paper."""
+    return _get(r, "weights.real") is False or _get(r, "dataset.synthetic") is True
+
+
+def _top1(r: dict) -> float | None:
+    return _num(_get(r, "metrics.top1"))
+
+
+def _r1(r: dict) -> float | None:
+    for key in ("metrics.r@1", "metrics.r1", "metrics.R@1", "metrics.top1"):
+        v = _num(_get(r, key))
+        if v is not None:
+            return v
+    return None
+
+
+def _final_tokens(r: dict) -> float | None:
+    tok = r.get("tokens")
+    if isinstance(tok, (list, tuple)):
+        return _num(tok[-1]) if tok else None
+    return _num(tok)
+
+
+QUANTITY_GETTERS: dict[str, Callable[[dict], float | None]] = {
+    "acc1": _top1,
+    "top5": lambda r: _num(_get(r, "metrics.top5")),
+    "throughput": lambda r: _num(_get(r, "bench.img_per_s")),
+    "gflops": lambda r: _num(r.get("gmacs")),
+    "tokens": _final_tokens,
+}
+
+
+# --------------------------------------------------------------------------- cell bookkeeping
+
+@dataclass
+class _Grid:
+    """Collects candidate values per cell; the newest result file wins."""
+
+    cells: dict[tuple[str, str], list[tuple[float, int, float, dict]]] = field(default_factory=dict)
+    _order: int = 0
+
+    def add(self, row: str, col: str, value: float | None, r: dict) -> None:
+        if value is None:
+            return
+        self._order += 1
+        self.cells.setdefault((row, col), []).append((_mtime(r), self._order, float(value), r))
+
+    def resolve(self) -> tuple[dict, dict, list[str]]:
+        """-> (values[(row, col)], winners[(row, col)] = result, duplicate notes)."""
+        values, winners, dups = {}, {}, []
+        for key, cands in self.cells.items():
+            cands = sorted(cands, key=lambda c: (c[0], c[1]))
+            _, _, value, r = cands[-1]
+            values[key] = value
+            winners[key] = r
+            if len(cands) > 1:
+                dropped = [c[3].get("_path", "?") for c in cands[:-1]]
+                dups.append(f"{key[0]} / {key[1]}: kept {r.get('_path', '?')} over {', '.join(dropped)}")
+        return values, winners, dups
+
+    def rows(self) -> set[str]:
+        return {k[0] for k in self.cells}
+
+
+def _mtime(r: dict) -> float:
+    m = r.get("_mtime")
+    if isinstance(m, (int, float)):
+        return float(m)
+    path = r.get("_path")
+    if path:
+        try:
+            return os.path.getmtime(path)
+        except OSError:
+            pass
+    return 0.0
+
+
+def _tainted_rows(winners: dict) -> set[str]:
+    return {row for (row, _), r in winners.items() if is_tainted(r)}
+
+
+def _delta(ours: float, paper: float) -> float:
+    if ours is None or paper is None or math.isnan(ours) or math.isnan(paper):
+        return math.nan
+    return ours - paper
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else v
+
+
+# --------------------------------------------------------------------------- title helpers
+
+def _uniq(values: Iterable[Any]) -> list[str]:
+    seen: list[str] = []
+    for v in values:
+        if v is None or v == "":
+            continue
+        s = str(v)
+        if s not in seen:
+            seen.append(s)
+    return seen
+
+
+def _bench_desc(results: list[dict], unit: str = "img/s") -> str:
+    devices = _uniq(_get(r, "bench.device") for r in results if r.get("bench"))
+    if not devices:
+        devices = _uniq(_get(r, "env.device") for r in results if r.get("bench"))
+    precisions = _uniq(_get(r, "bench.precision") for r in results)
+    batches = _uniq(_get(r, "bench.batch") for r in results)
+    parts = [unit, "device " + (" / ".join(devices) if devices else "n/a"),
+             "precision " + (" / ".join(precisions) if precisions else "n/a")]
+    if batches:
+        parts.append("batch " + " / ".join(batches))
+    return ", ".join(parts)
+
+
+def _data_desc(results: list[dict]) -> str:
+    names = _uniq(_get(r, "dataset.name") for r in results if r.get("metrics"))
+    ns = _uniq(_get(r, "dataset.n") if _get(r, "dataset.n") is not None else _get(r, "metrics.n")
+               for r in results if r.get("metrics"))
+    if not names:
+        return "data n/a"
+    desc = "data " + " / ".join(names)
+    if ns:
+        desc += " (n=" + " / ".join(ns) + ")"
+    return desc
+
+
+def _finish(df: pd.DataFrame, title: str, notes: list[str], dups: list[str], tainted: bool,
+            extra: dict | None = None) -> pd.DataFrame:
+    notes = list(notes)
+    if tainted:
+        notes.append(TAINT_NOTE)
+    if dups:
+        notes.append(f"{len(dups)} cell(s) had several results; the newest file was kept: " + "; ".join(dups))
+    df.attrs["title"] = title
+    df.attrs["notes"] = notes
+    if extra:
+        df.attrs.update(extra)
+    return df
+
+
+def _order_present(preferred: list[str], present: Iterable[str]) -> list[str]:
+    present = list(present)
+    return [p for p in preferred] + sorted(p for p in set(present) if p not in preferred)
+
+
+# --------------------------------------------------------------------------- table 1
+
+KERNEL_OF = {"eager": "self-attention", "sdpa": "flash-attention", "flash_attn": "flash-attention"}
+
+
+def _build_table1(results: list[dict]) -> pd.DataFrame:
+    grid = _Grid()
+    used = []
+    for r in results:
+        if method_of(r) != "base":
+            continue
+        kernel = KERNEL_OF.get(attention_of(r) or "")
+        if kernel is None:
+            continue
+        model = model_of(r)
+        row = f"{model}{SEP}{kernel}"
+        grid.add(row, "acc", _r1(r) if model.startswith("umt") else _top1(r), r)
+        grid.add(row, "thr", QUANTITY_GETTERS["throughput"](r), r)
+        used.append(r)
+    values, winners, dups = grid.resolve()
+    tainted = _tainted_rows(winners)
+    models = _order_present(["deit_s", "umt_b"], (k.split(SEP)[0] for k in grid.rows()))
+    records, index = [], []
+    for model in models:
+        acc_q = "r@1" if model.startswith("umt") else "acc1"
+        for kernel in ("self-attention", "flash-attention"):
+            row = f"{model}{SEP}{kernel}"
+            rec = {}
+            for col, label, q in (("acc", "Acc-1/R@1", acc_q), ("thr", "Thr", "throughput")):
+                ours = _nan(values.get((row, col)))
+                paper = paper_value("table1", model, kernel, q)
+                rec[f"{label}{SEP}ours"] = ours
+                rec[f"{label}{SEP}paper"] = paper
+                rec[f"{label}{SEP}Δ"] = _delta(ours, paper)
+            records.append(rec)
+            index.append(row + (f" {DAGGER}" if row in tainted else ""))
+    df = pd.DataFrame(records, index=pd.Index(index, name=f"model{SEP}attention"))
+    won = list({id(r): r for r in winners.values()}.values()) or used
+    title = (f"Table 1 — self-attention (eager) vs FlashAttention (sdpa / flash_attn), method base: "
+             f"top-1 (%) [UMT: MSRVTT R@1], throughput ({_bench_desc(won)}); {_data_desc(won)}")
+    notes = ["Δ = ours − paper. Paper throughput: NVIDIA RTX A6000; the UMT-B FlashAttention R@1 cell is blank in the paper."]
+    return _finish(df, title, notes, dups, bool(tainted))
+
+
+# --------------------------------------------------------------------------- tables 5 / 6 / 7
+
+@dataclass(frozen=True)
+class _ClsSpec:
+    table: str
+    number: str
+    models: tuple[str, ...]
+    groups: tuple[tuple[str, str], ...]  # (result method, column label)
+    optional_groups: tuple[tuple[str, str], ...]
+    what: str
+
+
+CLS_SPECS = {
+    "table5": _ClsSpec("table5", "Table 5", ("deit_t", "deit_s", "deit_b"),
+                       (("base", "Base"), ("attn", "Attn"), ("ours", "Ours")),
+                       (("attn+sdpa", "Attn+SDPA"),), "DeiT"),
+    "table6": _ClsSpec("table6", "Table 6", ("resnet34", "resnet50"),
+                       (("base", "Base"), ("line-wise", "L-W"), ("token-wise", "T-W")), (), "ResNet"),
+    "table7": _ClsSpec("table7", "Table 7", ("vim_t",),
+                       (("base", "Base"), ("top-vim", "ToP-ViM"), ("ours", "Ours")), (), "ViM"),
+}
+
+CLS_QUANTITIES = (("acc1", "Acc"), ("throughput", "Throughput"), ("gflops", "GFLOPs"))
+
+
+def _build_cls(spec: _ClsSpec, results: list[dict]) -> pd.DataFrame:
+    grid = _Grid()
+    for r in results:
+        model, method = model_of(r), method_of(r)
+        for q, qlabel in CLS_QUANTITIES:
+            grid.add(f"{model}{SEP}{qlabel}", method, QUANTITY_GETTERS[q](r), r)
+    values, winners, dups = grid.resolve()
+    tainted = _tainted_rows(winners)
+    present_models = {k[0].split(SEP)[0] for k in grid.cells}
+    present_methods = {k[1] for k in grid.cells}
+    models = _order_present(list(spec.models), present_models)
+    groups = list(spec.groups)
+    known = {m for m, _ in spec.groups}
+    groups += [g for g in spec.optional_groups if g[0] in present_methods]
+    known |= {m for m, _ in spec.optional_groups}
+    groups += [(m, m) for m in sorted(present_methods - known)]
+    table_paper = paper_numbers(spec.table)
+    no_paper = {m for m, _ in groups if not (table_paper["method"] == m).any()}
+    records, index = [], []
+    for model in models:
+        for q, qlabel in CLS_QUANTITIES:
+            row = f"{model}{SEP}{qlabel}"
+            rec = {}
+            for method, glabel in groups:
+                ours = _nan(values.get((row, method)))
+                rec[f"{glabel}{SEP}ours"] = ours
+                if method in no_paper:
+                    continue
+                paper = paper_value(spec.table, model, method, q, dataset="imagenet")
+                rec[f"{glabel}{SEP}paper"] = paper
+                rec[f"{glabel}{SEP}Δ"] = _delta(ours, paper)
+            records.append(rec)
+            index.append(row + (f" {DAGGER}" if row in tainted else ""))
+    df = pd.DataFrame(records, index=pd.Index(index, name=f"model{SEP}quantity"))
+    won = list({id(r): r for r in winners.values()}.values())
+    title = (f"{spec.number} — ImageNet-1k top-1 (%), throughput ({_bench_desc(won)}), "
+             f"GFLOPs = GMACs incl. attention matmuls; {_data_desc(won)}")
+    notes = ["Δ = ours − paper. Paper throughput: NVIDIA RTX A6000, batch 512 (Table 5)."]
+    if spec.table == "table5":
+        notes.append("Attn = eager attention + class-attention scores (the paper's baseline); "
+                     "Ours = L2 representation shift at the MLP with FlashAttention; "
+                     "Attn+SDPA (when present) is our hybrid.")
+    if no_paper:
+        notes.append("No paper numbers for " + ", ".join(g for m, g in groups if m in no_paper)
+                     + ": only our values are shown.")
+    return _finish(df, title, notes, dups, bool(tainted))
+
+
+# --------------------------------------------------------------------------- table 8
+
+T8_COLUMNS = ("L1", "L3", "L5", "L7", "L9", "L11")
+
+
+def _build_table8(results: list[dict]) -> pd.DataFrame:
+    grid = _Grid()
+    for r in results:
+        method = method_of(r)
+        if method not in ("top50", "bottom50"):
+            continue
+        layers = layers_of(r)
+        if not layers:
+            continue
+        grid.add(f"{model_of(r)}{SEP}{method}", f"L{layers[0] + 1}", _top1(r), r)
+    values, winners, dups = grid.resolve()
+    tainted = _tainted_rows(winners)
+    present_cols = {k[1] for k in grid.cells}
+    extra_cols = sorted((c for c in present_cols if c not in T8_COLUMNS), key=lambda c: int(c[1:]))
+    cols = sorted(list(T8_COLUMNS) + extra_cols, key=lambda c: int(c[1:]))
+    models = _order_present(["deit_s"], {k[0].split(SEP)[0] for k in grid.cells})
+    records, index = [], []
+    notes = ["Layer labels count from 1 (paper): L{k} = pruning at 0-based block k−1. Δ = ours − paper."]
+    for model in models:
+        prefix = "" if model == "deit_s" and len(models) == 1 else f"{model} "
+        for method in ("top50", "bottom50"):
+            key = f"{model}{SEP}{method}"
+            ours = {c: _nan(values.get((key, c))) for c in cols}
+            paper = {c: paper_value("table8", model, method, "acc1", column=c) for c in cols}
+            delta = {c: _delta(ours[c], paper[c]) for c in cols}
+            ours_present = [c for c in cols if not math.isnan(ours[c])]
+            ours["Avg"] = (sum(ours[c] for c in ours_present) / len(ours_present)) if ours_present else math.nan
+            paper["Avg"] = paper_value("table8", model, method, "acc1", column="Avg")
+            paper_layers = [c for c in T8_COLUMNS if not math.isnan(paper[c])]
+            both = [c for c in cols if not math.isnan(delta[c])]
+            if ours_present and sorted(ours_present) == sorted(paper_layers):
+                delta["Avg"] = _delta(ours["Avg"], paper["Avg"])
+            elif both:
+                delta["Avg"] = sum(delta[c] for c in both) / len(both)
+                notes.append(f"{prefix}{method}: Avg over {', '.join(ours_present)} only; "
+                             f"its Δ is the mean of the per-layer Δ.")
+            else:
+                delta["Avg"] = math.nan
+            mark = f" {DAGGER}" if key in tainted else ""
+            for kind, rec in (("ours", ours), ("paper", paper), ("Δ", delta)):
+                records.append(rec)
+                index.append(f"{prefix}{method}{SEP}{kind}" + (mark if kind != "paper" else ""))
+    df = pd.DataFrame(records, index=pd.Index(index, name="selection"), columns=[*cols, "Avg"])
+    won = list({id(r): r for r in winners.values()}.values())
+    title = ("Table 8 — ImageNet-1k top-1 (%) keeping the top / bottom 50% of tokens by representation shift "
+             f"at one layer (DeiT-S); {_data_desc(won)}")
+    return _finish(df, title, notes, dups, bool(tainted))
+
+
+# --------------------------------------------------------------------------- figures 3 / 5
+
+def _score_label(r: dict, fig: str) -> str:
+    metric = _name(r.get("metric")) or "?"
+    site = _name(r.get("site"))
+    if fig == "fig3" and metric.startswith("attn"):
+        return metric
+    return f"{metric}-{site}" if site else metric
+
+
+_METRIC_ORDER = ("attn_cls", "attn_mean", "l1", "l2", "cos")
+_SITE_ORDER = ("attn", "mlp", "block")
+
+
+def _score_sort_key(row: str) -> tuple:
+    model, label = row.split(SEP, 1)
+    metric, _, site = label.partition("-")
+    mi = _METRIC_ORDER.index(metric) if metric in _METRIC_ORDER else len(_METRIC_ORDER)
+    si = _SITE_ORDER.index(site) if site in _SITE_ORDER else len(_SITE_ORDER)
+    return (model, mi, metric, si, site)
+
+
+def _build_fig(fig: str, results: list[dict]) -> pd.DataFrame:
+    grid = _Grid()
+    base = _Grid()
+    for r in results:
+        layers = layers_of(r)
+        if not layers or method_of(r) == "base":
+            base.add(model_of(r), "base", _top1(r), r)
+            continue
+        grid.add(f"{model_of(r)}{SEP}{_score_label(r, fig)}", f"layer {layers[0]}", _top1(r), r)
+    values, winners, dups = grid.resolve()
+    bvalues, bwinners, bdups = base.resolve()
+    tainted = _tainted_rows(winners) | _tainted_rows(bwinners)
+    rows = sorted(grid.rows(), key=_score_sort_key)
+    models = sorted({r.split(SEP)[0] for r in rows} | {k[0] for k in bvalues})
+    cols = sorted({k[1] for k in grid.cells}, key=lambda c: int(c.split()[1]))
+    records, index = [], []
+    for row in rows:
+        model, label = row.split(SEP, 1)
+        records.append({c: _nan(values.get((row, c))) for c in cols})
+        shown = label if len(models) <= 1 else row
+        index.append(shown + (f" {DAGGER}" if row in tainted else ""))
+    df = pd.DataFrame(records, index=pd.Index(index, name="score"), columns=cols)
+    baseline = {m: v for (m, _), v in bvalues.items()}
+    what = ("attention score vs representation shift" if fig == "fig3"
+            else "representation shift by distance × site (metric-site)")
+    won = list({id(r): r for r in [*winners.values(), *bwinners.values()]}.values())
+    title = (f"Figure {fig[-1]} — top-1 (%) after pruning at one layer (0-based block index), {what}; "
+             f"{_data_desc(won)}")
+    notes = ["The paper only plots this figure: no paper numbers to compare with."]
+    if baseline:
+        notes.append("Baseline without pruning: " + ", ".join(f"{m} {v:.2f}" for m, v in sorted(baseline.items())))
+    return _finish(df, title, notes, dups + bdups, bool(tainted), extra={"baseline": baseline})
+
+
+# --------------------------------------------------------------------------- demo
+
+DEMO_COLUMNS = (("acc1", "Acc-1"), ("top5", "Top-5"), ("throughput", "img/s"), ("gflops", "GMACs"),
+                ("tokens", "tokens"))
+
+
+def _build_demo(results: list[dict]) -> pd.DataFrame:
+    grid = _Grid()
+    for r in results:
+        for q, label in DEMO_COLUMNS:
+            grid.add(method_of(r), label, QUANTITY_GETTERS[q](r), r)
+    values, winners, dups = grid.resolve()
+    tainted = _tainted_rows(winners)
+    rows = _order_present([m for m in ("base", "attn", "ours", "attn+sdpa") if m in grid.rows()], grid.rows())
+    records = [{label: _nan(values.get((row, label))) for _, label in DEMO_COLUMNS} for row in rows]
+    index = [row + (f" {DAGGER}" if row in tainted else "") for row in rows]
+    df = pd.DataFrame(records, index=pd.Index(index, name="method"), columns=[c for _, c in DEMO_COLUMNS])
+    won = list({id(r): r for r in winners.values()}.values())
+    title = (f"Demo — ShapeBench, tiny ViT trained here (not ImageNet): top-1 / top-5 (%), "
+             f"throughput ({_bench_desc(won)}), GMACs, final token count; {_data_desc(won)}")
+    notes = ["No paper columns: ShapeBench is our own synthetic benchmark."]
+    # The demo is synthetic by design: the dagger is still shown so nobody mistakes it for ImageNet.
+    return _finish(df, title, notes, dups, bool(tainted))
+
+
+# --------------------------------------------------------------------------- public API
+
+def build(table: str, results: list[dict]) -> pd.DataFrame:
+    """Build the paper-shaped table ``table`` (one of :data:`TABLES`) from result dicts."""
+    results = [r for r in results if isinstance(r, dict)]
+    if table == "table1":
+        return _build_table1(results)
+    if table in CLS_SPECS:
+        return _build_cls(CLS_SPECS[table], results)
+    if table == "table8":
+        return _build_table8(results)
+    if table in ("fig3", "fig5"):
+        return _build_fig(table, results)
+    if table == "demo":
+        return _build_demo(results)
+    raise ValueError(f"unknown table {table!r}; valid tables: {', '.join(TABLES)}")
+
+
+def _fmt(v: Any, signed: bool = False) -> str:
+    """Numbers for the markdown: up to 2 decimals (1 above 1000), at least 1 below 1000; NaN -> ""."""
+    if v is None:
+        return ""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if math.isnan(f):
+        return ""
+    decimals = 1 if abs(f) >= 1000 else 2
+    f = round(f, decimals)
+    if abs(f) >= 100 and f == int(f):  # 3002, 197 tokens, +463: no ".0"
+        return f"{int(f):+d}" if signed else f"{int(f):d}"
+    if f == 0:
+        return "0.0" if abs(float(v)) < 1000 else "0"
+    s = f"{f:+.{decimals}f}" if signed else f"{f:.{decimals}f}"
+    s = s.rstrip("0")
+    if s.endswith("."):
+        s = s[:-1] if abs(f) >= 1000 else s + "0"
+    return s
+
+
+def render(table: str, df: pd.DataFrame) -> tuple[str, str]:
+    """-> (markdown, csv). The markdown starts with the title line and ends with the notes."""
+    cells = []
+    for idx, row in zip(df.index, df.itertuples(index=False, name=None)):
+        row_signed = str(idx).replace(f" {DAGGER}", "").endswith("Δ")
+        cells.append([_fmt(v, signed=row_signed or str(col).endswith("Δ")) for col, v in zip(df.columns, row)])
+    body = pd.DataFrame(cells, index=df.index, columns=[str(c) for c in df.columns], dtype=object)
+    title = df.attrs.get("title") or table
+    # disable_numparse: keep our formatting (signs, trimmed zeros) instead of tabulate's
+    table_md = body.to_markdown(disable_numparse=True, colalign=("left",) + ("right",) * len(body.columns))
+    lines = [f"## {title}", "", table_md, ""]
+    lines += [f"{note}" if note.startswith(DAGGER) else f"Note: {note}" for note in df.attrs.get("notes", [])]
+    markdown = "\n".join(lines).rstrip() + "\n"
+    csv = df.to_csv(na_rep="", float_format="%.6g")
+    return markdown, csv
+
+
+def write(table: str, df: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``out_dir/<table>.md`` and ``out_dir/<table>.csv``; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown, csv = render(table, df)
+    md_path, csv_path = out_dir / f"{table}.md", out_dir / f"{table}.csv"
+    for path, text in ((md_path, markdown), (csv_path, csv)):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return md_path, csv_path

@@ -1,0 +1,174 @@
+"""Weights & Biases logging, offline unless told otherwise.
+
+Mode resolution for :class:`WandbLogger`: the ``mode`` argument when given, else the
+``WANDB_MODE`` environment variable when set, else ``"offline"``. Online logging is
+never the silent default. Each :meth:`WandbLogger.start` finishes any run still open in
+the process (``reinit="finish_previous"``), so sequential Hydra multirun jobs each get a
+run of their own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+__all__ = ["WandbLogger", "NullLogger", "resolve_mode", "make_logger"]
+
+VALID_MODES = ("online", "offline", "disabled", "shared")
+
+
+def resolve_mode(mode: str | None = None) -> str:
+    """``mode`` if given, else ``$WANDB_MODE`` if set, else ``"offline"``."""
+    if mode is None or str(mode).strip() == "":
+        mode = os.environ.get("WANDB_MODE") or "offline"
+    mode = str(mode).strip().lower()
+    if mode == "dryrun":  # old spelling of offline
+        mode = "offline"
+    if mode not in VALID_MODES:
+        raise ValueError(f"unknown W&B mode {mode!r}; use one of {', '.join(VALID_MODES)}")
+    return mode
+
+
+class NullLogger:
+    """Same interface as :class:`WandbLogger`, does nothing (``logger=none``)."""
+
+    run = None
+    mode = "none"
+
+    def start(self, config: Mapping[str, Any] | None = None) -> "NullLogger":
+        return self
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        pass
+
+    def log_summary(self, summary: Mapping[str, Any]) -> None:
+        pass
+
+    def log_table(self, key: str, df: Any) -> None:
+        pass
+
+    def finish(self, exit_code: int | None = None) -> None:
+        pass
+
+    def __enter__(self) -> "NullLogger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.finish()
+
+
+class WandbLogger:
+    """Thin wrapper over one ``wandb`` run.
+
+    ``dir`` is where W&B writes its ``wandb/`` folder (the Hydra run folder); it is
+    created when missing.
+    """
+
+    def __init__(self, project: str = "repshift", entity: str | None = None, mode: str | None = None,
+                 group: str | None = None, name: str | None = None, tags: Iterable[str] = (),
+                 dir: str | os.PathLike | None = None) -> None:  # noqa: A002 - mirrors wandb.init
+        self.project = project
+        self.entity = entity
+        self.requested_mode = mode
+        self.group = group
+        self.name = name
+        self.tags = [str(t) for t in (tags or ())]
+        self.dir = Path(dir) if dir is not None else None
+        self.mode: str | None = None
+        self.run = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, config: Mapping[str, Any] | None = None) -> "WandbLogger":
+        import wandb
+
+        if self.run is not None:
+            self.finish()
+        self.mode = resolve_mode(self.requested_mode)
+        kwargs: dict[str, Any] = dict(
+            project=self.project,
+            entity=self.entity,
+            group=self.group,
+            name=self.name,
+            tags=self.tags or None,
+            config=dict(config) if config is not None else None,
+            mode=self.mode,
+            reinit="finish_previous",
+        )
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            kwargs["dir"] = str(self.dir)
+        self.run = wandb.init(**kwargs)
+        return self
+
+    def finish(self, exit_code: int | None = None) -> None:
+        """Close the run; safe to call any number of times."""
+        run, self.run = self.run, None
+        if run is None:
+            return
+        try:
+            if exit_code is None:
+                run.finish()
+            else:
+                run.finish(exit_code=exit_code)
+        except Exception:  # noqa: BLE001 - closing must never mask the real error
+            pass
+
+    def __enter__(self) -> "WandbLogger":
+        if self.run is None:
+            self.start({})
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.finish(exit_code=1 if exc_type is not None else None)
+
+    # ------------------------------------------------------------------ logging
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if self.run is None:
+            return
+        if step is None:
+            self.run.log(dict(metrics))
+        else:
+            self.run.log(dict(metrics), step=step)
+
+    def log_summary(self, summary: Mapping[str, Any]) -> None:
+        if self.run is None:
+            return
+        for key, value in summary.items():
+            self.run.summary[key] = value
+
+    def log_table(self, key: str, df: Any) -> None:
+        """Log a pandas DataFrame as a ``wandb.Table``."""
+        if self.run is None:
+            return
+        import wandb
+
+        table_df = df.reset_index() if getattr(df.index, "name", None) else df
+        table_df = table_df.copy()
+        table_df.columns = [str(c) for c in table_df.columns]
+        # wandb.Table wants plain Python/numpy columns: avoid pandas extension dtypes
+        for col in table_df.columns:
+            if table_df[col].dtype.kind not in "biuf":
+                table_df[col] = table_df[col].astype(object)
+        self.run.log({key: wandb.Table(dataframe=table_df)})
+
+
+def make_logger(cfg: Mapping[str, Any] | None, run_dir: str | os.PathLike | None = None,
+                name: str | None = None) -> WandbLogger | NullLogger:
+    """Logger from a ``logger`` config node (``{name: wandb|none, project, entity, mode, group, tags}``)."""
+    if cfg is None:
+        return NullLogger()
+    kind = str(cfg.get("name", cfg.get("kind", "wandb")) or "none").lower()
+    if kind in ("none", "null", "off", "false"):
+        return NullLogger()
+    if kind != "wandb":
+        raise ValueError(f"unknown logger {kind!r}; use wandb or none")
+    return WandbLogger(
+        project=cfg.get("project", "repshift") or "repshift",
+        entity=cfg.get("entity"),
+        mode=cfg.get("mode"),
+        group=cfg.get("group"),
+        name=cfg.get("run_name", name) or name,
+        tags=tuple(cfg.get("tags") or ()),
+        dir=run_dir if run_dir is not None else cfg.get("dir"),
+    )
