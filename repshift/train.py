@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from repshift.evaluate.classification import collate_image_label, evaluate
 
-__all__ = ["train", "load_weights", "warmup_cosine", "CHECKPOINT_FORMAT"]
+__all__ = ["train", "warmup_cosine", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "repshift.train/1"
 
@@ -271,27 +271,3 @@ def train(
         "resumed_from": start_epoch,
         "ckpt_path": str(ckpt) if ckpt is not None else None,
     }
-
-
-def load_weights(model: nn.Module, ckpt_path: str | os.PathLike, *, strict: bool = True) -> nn.Module:
-    """Load the model weights of a :func:`train` checkpoint (or a plain state_dict) into ``model``.
-
-    Accepts ``{"model": state_dict, ...}``, ``{"state_dict": state_dict}`` or a bare
-    state_dict; a ``module.`` prefix (DataParallel/DDP) is stripped. Returns ``model``.
-    Raises FileNotFoundError naming ``model.checkpoint`` when the file does not exist.
-    """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model.checkpoint: no checkpoint file at {str(path)!r}; train one first "
-            "(task=train) or point model.checkpoint=<path> at an existing file"
-        )
-    state = _load(path)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    model.load_state_dict(state, strict=strict)
-    return model

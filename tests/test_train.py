@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from repshift.train import load_weights, train, warmup_cosine
+from repshift.train import train, warmup_cosine
 
 
 class Blobs(torch.utils.data.Dataset):
@@ -107,7 +107,7 @@ def test_resume_extends_run_and_is_noop_when_complete(tmp_path):
     third = train(fresh, Blobs(64, 0), Blobs(16, 1), epochs=3, ckpt_path=ckpt, log=logged.append, **KW)
     assert logged == [] and third["history"] == second["history"] and third["resumed_from"] == 3
     ref = make_model()
-    load_weights(ref, ckpt)
+    ref.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
     assert same_weights(fresh, ref)
 
 
@@ -133,22 +133,3 @@ def test_interrupted_run_keeps_last_epoch_and_resumes_identically(tmp_path):
     assert same_weights(resumed_model, straight_model)
     drop = lambda h: [{k: v for k, v in e.items() if k != "time_s"} for e in h]  # noqa: E731
     assert drop(resumed["history"]) == drop(straight["history"])
-
-
-def test_load_weights(tmp_path):
-    missing = tmp_path / "nope.pt"
-    with pytest.raises(FileNotFoundError, match="model.checkpoint") as err:
-        load_weights(make_model(), missing)
-    assert "nope.pt" in str(err.value)
-
-    src = make_model(seed=1)
-    torch.save(src.state_dict(), tmp_path / "plain.pt")
-    dst = load_weights(make_model(seed=2), tmp_path / "plain.pt")
-    assert same_weights(src, dst)
-
-    torch.save({"module." + k: v for k, v in src.state_dict().items()}, tmp_path / "ddp.pt")
-    assert same_weights(src, load_weights(make_model(seed=2), tmp_path / "ddp.pt"))
-
-    trained = make_model()
-    train(trained, Blobs(32, 0), epochs=1, ckpt_path=tmp_path / "t.pt", **KW)
-    assert same_weights(trained, load_weights(make_model(seed=3), tmp_path / "t.pt"))

@@ -322,7 +322,7 @@ def _write_one(job: tuple[str, str, int, int, int, int]) -> tuple[str, str, int,
     rel_img = f"{split}/{cls}/{stem}.png"
     rel_mask = f"masks/{split}/{cls}/{stem}.png"
     image.save(os.path.join(root, rel_img), format="PNG", compress_level=1)
-    mask.save(os.path.join(root, rel_mask), format="PNG", compress_level=9)
+    mask.save(os.path.join(root, rel_mask), format="PNG", compress_level=6)
     return split, rel_img, class_idx, cls, rel_mask
 
 

@@ -266,17 +266,6 @@ def git_info(start: str | os.PathLike | None = None) -> dict:
     return {"git_commit": commit, "git_dirty": dirty}
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def _torch_info() -> dict:
     info = {"cuda": None, "cudnn": None, "num_gpus": 0, "device": None}
     try:
@@ -310,7 +299,7 @@ def environment() -> dict:
     env["cuda"] = tinfo["cuda"]
     env["cudnn"] = tinfo["cudnn"]
     env["num_gpus"] = tinfo["num_gpus"]
-    env["device"] = tinfo["device"] or _cpu_name()
+    env["device"] = tinfo["device"] or cpu_name()
     env["platform"] = platform.platform()
     env["hostname"] = socket.gethostname()
     env["slurm_job_id"] = os.environ.get("SLURM_JOB_ID")

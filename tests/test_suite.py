@@ -1,0 +1,223 @@
+"""The Hydra suite end to end on synthetic data: configs, runner, skipping, launchers, errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from repshift.run import method_label, run_name  # also registers the config resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+# The tiny random model on a few ShapeBench images with 8 outputs (so accuracy is not trivially 0).
+QUICK = ["smoke=on", "model=tiny", "+model.kwargs.num_classes=8"]
+
+
+def compose_run(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("run", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A launch folder with its own data/ and outputs/, shared by this module's runs."""
+    return tmp_path_factory.mktemp("suite")
+
+
+def run(workdir, *args, check=True, env=None, module=("-m", "repshift.run")):
+    command = [sys.executable, *module, *args]
+    environment = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT), **(env or {}))
+    proc = subprocess.run(command, cwd=workdir, env=environment, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def results_under(folder):
+    return sorted(Path(folder).rglob("result.json"))
+
+
+# --- configs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    cfg = compose_run([f"experiment={experiment}"])
+    assert cfg.experiment_name == experiment
+    assert set(cfg.task) <= {"train", "evaluate", "bench"}
+
+
+@pytest.mark.parametrize(
+    "group", ["model", "dataset", "metric", "site", "compress", "attention", "bench", "logger", "method", "smoke"]
+)
+def test_every_group_option_composes(group):
+    for option in sorted(p.stem for p in (CONFIGS / group).glob("*.yaml")):
+        cfg = compose_run([f"{group}={option}"])
+        assert cfg is not None
+
+
+@pytest.mark.parametrize(
+    "overrides,label",
+    [
+        ([], "ours"),
+        (["method=base"], "base"),
+        (["method=attn"], "attn"),
+        (["metric=attn", "attention=sdpa"], "attn+sdpa"),
+        (["metric=cos", "site=block"], "cos-block"),
+        (["metric=none"], "static"),
+        (["experiment=table8", "compress.layers=[2]", "compress.keep=bottom"], "bottom50"),
+        (["experiment=table5", "model=deit_b", "metric=attn", "attention=eager"], "attn"),
+    ],
+)
+def test_method_labels(overrides, label):
+    cfg = compose_run(overrides)
+    OmegaConf.resolve(cfg)
+    assert method_label(cfg) == label
+
+
+def test_slurm_launcher_defaults():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("run", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
+    assert launcher.timeout_min > 0 and launcher.array_parallelism > 0
+    assert "submitit_slurm" in launcher._target_.lower() or "slurm" in launcher._target_.lower()
+
+
+def test_run_names_are_safe_and_stable():
+    assert run_name("") == "defaults"
+    assert run_name("model.checkpoint=/a/b.pth,model=deit_s") == "model.checkpoint=_a_b.pth,model=deit_s"
+    long = run_name("x=" + "y" * 400)
+    assert len(long) < 200 and long == run_name("x=" + "y" * 400)
+
+
+# --- the runner -----------------------------------------------------------------------------
+
+
+def test_single_run_writes_a_complete_result_then_skips(workdir):
+    proc = run(workdir, *QUICK, "task=[evaluate,bench]")
+    (path,) = results_under(workdir / "outputs/smoke/custom")
+    result = json.loads(path.read_text())
+    assert result["method"] == "ours" and result["weights"] == {"real": False, "source": "random-init"}
+    assert result["dataset"]["synthetic"] is True and result["metrics"]["n"] == 16
+    assert result["tokens"] == [197, 158, 158, 158, 127, 127, 127, 102]
+    assert result["bench"]["precision"] == "fp32" and result["bench"]["kernel"] == ["sdpa:flash(cpu)"]
+    assert result["gmacs"] > 0 and result["env"]["torch"] and "git_commit" in result["env"]
+    assert result["config"]["model"]["name"] == "vit_tiny_patch16_224"
+    assert (path.parent / "run.log").exists() and "top-1" in (path.parent / "run.log").read_text()
+    stamp = path.stat().st_mtime_ns
+
+    again = run(workdir, *QUICK, "task=[evaluate,bench]")
+    assert "skipping" in again.stdout + again.stderr and path.stat().st_mtime_ns == stamp
+    run(workdir, *QUICK, "task=[evaluate,bench]", "force=true")
+    assert path.stat().st_mtime_ns != stamp
+    assert "top-1" in proc.stdout + proc.stderr
+
+
+def test_sweep_through_submitit_local_and_an_interrupted_relaunch(workdir):
+    sweep = ["-m", *QUICK, "task=[evaluate]", "metric=l1,l2", "hydra/launcher=submitit_local", "experiment_name=sweep"]
+    run(workdir, *sweep)
+    found = results_under(workdir / "outputs/smoke/sweep")
+    assert [p.parent.name.split(",")[0] for p in found] == ["metric=l1", "metric=l2"]
+    # a relaunch after a crash: one job had finished, the other had not
+    kept, lost = found
+    stamp = kept.stat().st_mtime_ns
+    lost.unlink()
+    run(workdir, *sweep)
+    assert results_under(workdir / "outputs/smoke/sweep") == found
+    assert kept.stat().st_mtime_ns == stamp
+
+
+def test_torchrun_two_processes_match_one(workdir):
+    args = [*QUICK, "task=[evaluate]", "dataset.limit=null", "experiment_name=ddp"]
+    run(workdir, *args, "+tag=single")
+    run(workdir, *args, "+tag=ddp", module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "repshift.run"))
+    single, ddp = (json.loads(p.read_text()) for p in results_under(workdir / "outputs/smoke/ddp"))
+    assert ddp["world_size"] == 2 and single["world_size"] == 1
+    assert ddp["metrics"] == single["metrics"] and single["metrics"]["n"] == 16
+
+
+def test_wandb_offline_run_lands_in_the_run_folder(workdir):
+    run(workdir, *QUICK, "task=[bench]", "logger=wandb", "experiment_name=wb", env={"WANDB_MODE": "offline"})
+    (path,) = results_under(workdir / "outputs/smoke/wb")
+    offline = list((path.parent / "wandb").glob("offline-run-*"))
+    assert offline, "W&B wrote no offline run"
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["dataset=imagenet", "model=tiny", "task=[evaluate]", "paths.data_dir=/nonexistent"], "dataset.root=/nonexistent/imagenet"),
+        (["model=tiny", "model.checkpoint=/nope.pth", "task=[bench]"], "model.checkpoint=/nope.pth"),
+        (["model=deit_x"], "deit_s"),
+        ([*QUICK, "compress.ratio=1.5", "task=[bench]"], "ratio must be in [0, 1)"),
+        (["smoke=on", "model=tiny", "model.name=resnet18", "model.kwargs={}", "metric=attn", "task=[bench]"], "metric=attn needs attention maps"),
+        ([*QUICK, "task=[predict]"], "unknown ['predict']"),
+    ],
+)
+def test_bad_input_names_the_config_key(workdir, args, message):
+    proc = run(workdir, *args, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+def test_corrupt_image_fails_with_its_path_or_is_skipped(workdir):
+    root = workdir / "broken"
+    for name in ("a", "b"):
+        (root / "val" / name).mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), "red").save(root / "val/a/ok.JPEG")
+    (root / "val/b/bad.JPEG").write_bytes(b"not a jpeg")
+    args = [*QUICK, "task=[evaluate]", "dataset=imagenet", f"dataset.root={root}", "dataset.num_workers=0", "experiment_name=broken"]
+    failed = run(workdir, *args, check=False)
+    assert failed.returncode != 0 and "bad.JPEG" in failed.stdout + failed.stderr
+    run(workdir, *args, "dataset.skip_corrupt=true")
+    (path,) = results_under(workdir / "outputs/smoke/broken")
+    assert json.loads(path.read_text())["metrics"]["skipped"] == 1
+
+
+# --- make targets ---------------------------------------------------------------------------
+
+
+def _make(target, tmp_path):
+    env = dict(os.environ, WANDB_MODE="disabled", VENV=str(Path(sys.executable).parents[1]))
+    outputs = tmp_path / "outputs"
+    proc = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), target, "SMOKE=1", f"ARGS=paths.output_dir={outputs}/smoke paths.data_dir={tmp_path}/data",
+         f"OUTPUTS={outputs}/smoke"],
+        env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout, outputs / "smoke"
+
+
+def test_make_reproduce_table5_smoke(tmp_path):
+    stdout, outputs = _make("reproduce-table5", tmp_path)
+    assert "Table 5" in stdout and "deit_s · Acc" in stdout and "77.8" in stdout  # paper numbers beside ours
+    assert "†" in stdout  # random weights / synthetic data are marked
+    assert len(results_under(outputs / "table5")) == 9
+    assert (outputs / "tables/table5.md").exists() and (outputs / "tables/table5.csv").exists()
+
+
+def test_make_reproduce_table1_smoke(tmp_path):
+    stdout, outputs = _make("reproduce-table1", tmp_path)
+    assert "self-attention" in stdout and "flash-attention" in stdout and "3552" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target,text", [("reproduce-table8", "top50"), ("reproduce-fig3", "attn_cls"), ("reproduce-fig5", "l2")])
+def test_make_reproduce_figures_smoke(tmp_path, target, text):
+    stdout, _ = _make(target, tmp_path)
+    assert text in stdout
