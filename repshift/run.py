@@ -16,10 +16,12 @@ import re
 from pathlib import Path
 
 import hydra
+import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from timm.layers import Attention
 
 import repshift
 from repshift import bench, scores
@@ -28,6 +30,7 @@ from repshift.evaluate import distributed
 from repshift.evaluate.classification import evaluate
 from repshift.models import build_model
 from repshift.report import results
+from repshift.train import train
 
 log = logging.getLogger("repshift.run")
 
@@ -80,7 +83,7 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
 def compress_model(model, cfg: DictConfig):
     """Apply the configured pruning and attention backend; a plain sdpa Base stays timm's own model."""
     metric = cfg.metric.name
-    if metric in scores.ATTENTION_METRICS and not hasattr(model, "blocks"):
+    if metric in scores.ATTENTION_METRICS and not any(isinstance(m, Attention) for m in model.modules()):
         raise ValueError(
             f"metric={metric} needs attention maps, but model={cfg.model.name} has no attention; "
             "choose a representation-shift metric (metric=l2, l1 or cos)"
@@ -146,7 +149,9 @@ def main(cfg: DictConfig) -> dict | None:
             path = results.write_result(run_dir, result)
             log.info("wrote %s", path)
             logger.start(config)
-            logger.log_metrics(_flat_metrics(result))
+            metrics = _flat_metrics(result)
+            logger.log_metrics(metrics)
+            logger.log_table("result", pd.DataFrame([{"method": result["method"], **metrics}]))
         return result
     finally:
         if logger is not None:
@@ -204,8 +209,6 @@ def execute(cfg: DictConfig, tasks: list[str], device: torch.device, rank: int, 
 
 
 def train_model(model, cfg: DictConfig, device: torch.device) -> dict:
-    from repshift.train import train
-
     if not cfg.model.checkpoint:
         raise ValueError("task=train needs model.checkpoint=<path> (where the trained weights are written)")
     checkpoint = Path(cfg.model.checkpoint)

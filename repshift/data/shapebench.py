@@ -78,14 +78,14 @@ __all__ = [
 CLASSES: tuple[str, ...] = ("circle", "crescent", "cross", "diamond", "ring", "square", "star", "triangle")
 SPLITS: tuple[str, ...] = ("train", "val")
 #: Bump when rendering changes, so ``ensure`` regenerates stale folders.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _SPLIT_CODE = {"train": 0, "val": 1}
 _SS = 2  # supersampling factor for anti-aliasing
 _MARGIN = 12  # px kept free at the border (at 224), so small random crops rarely cut a shape
-_SINGLE_D = (50.0, 105.0)  # equal-area diameter range, one instance
-_PAIR_D = (48.0, 78.0)  # equal-area diameter range, each of two instances
-_P_PAIR = 0.35
+_SINGLE_D = (80.0, 130.0)  # equal-area diameter range, one instance
+_PAIR_D = (64.0, 84.0)  # equal-area diameter range, each of two instances
+_P_PAIR = 0.2
 _NOISE_SIGMA = 4.0
 _MIN_CONTRAST = 100.0  # RGB distance between instance colour and the mean background beneath it
 
@@ -178,8 +178,10 @@ def _field(rng: np.random.Generator, grid: int, size: int, low: float, high: flo
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Smooth colour field + mid-frequency luminance texture, uint8 (size, size, 3)."""
     grid = int(rng.integers(2, 5))
-    colour = np.stack([_field(rng, grid, size, 0.0, 255.0) for _ in range(3)], -1)
-    amp = float(rng.uniform(12, 35))
+    # Luminance only: a strongly coloured background kept a from-scratch ViT at chance for
+    # hundreds of steps; shapes and strokes carry the colour, which is random per instance.
+    colour = np.repeat(_field(rng, grid, size, 40.0, 215.0)[..., None], 3, axis=-1)
+    amp = float(rng.uniform(8, 20))
     texture = _field(rng, int(rng.integers(8, 17)), size, -amp, amp)
     return np.clip(colour + texture[..., None], 0, 255).astype(np.uint8)
 
@@ -190,17 +192,17 @@ def _rand_colour(rng: np.random.Generator) -> tuple[int, int, int]:
 
 def _distractors(rng: np.random.Generator, draw: ImageDraw.ImageDraw, S: int, f: float) -> None:
     """Random strokes that are not class shapes, drawn on the (supersampled) canvas; f = pixels per 224-px unit."""
-    for _ in range(int(rng.integers(2, 7))):  # straight lines
+    for _ in range(int(rng.integers(1, 4))):  # straight lines
         p = rng.uniform(-0.1 * S, 1.1 * S, 4)
         draw.line([tuple(p[:2]), tuple(p[2:])], fill=_rand_colour(rng), width=max(1, int(rng.uniform(2, 5) * f)))
-    for _ in range(int(rng.integers(1, 5))):  # partial arcs (never closed, so never a ring)
+    for _ in range(int(rng.integers(0, 3))):  # partial arcs (never closed, so never a ring)
         c = rng.uniform(0, S, 2)
         r = rng.uniform(15, 60) * f
         start = float(rng.uniform(0, 360))
         span = float(rng.uniform(40, 220))
         draw.arc([c[0] - r, c[1] - r, c[0] + r, c[1] + r], start, start + span,
                  fill=_rand_colour(rng), width=max(1, int(rng.uniform(2, 5) * f)))
-    for _ in range(int(rng.integers(0, 3))):  # scribbles: short random-walk polylines
+    for _ in range(int(rng.integers(0, 2))):  # scribbles: short random-walk polylines
         n = int(rng.integers(3, 7))
         steps = rng.uniform(10, 40, n - 1) * f
         angles = np.cumsum(rng.uniform(-1.5, 1.5, n - 1)) + rng.uniform(0, 2 * np.pi)
@@ -209,7 +211,7 @@ def _distractors(rng: np.random.Generator, draw: ImageDraw.ImageDraw, S: int, f:
         pts[1:] = pts[0] + np.cumsum(np.stack([steps * np.cos(angles), steps * np.sin(angles)], 1), 0)
         draw.line([tuple(q) for q in pts], fill=_rand_colour(rng), width=max(1, int(rng.uniform(2, 4) * f)),
                   joint="curve")
-    for _ in range(int(rng.integers(2, 8))):  # small blobs, at most about one patch across
+    for _ in range(int(rng.integers(1, 5))):  # small blobs, at most about one patch across
         c = rng.uniform(0, S, 2)
         rx, ry = rng.uniform(3, 9, 2) * f
         draw.ellipse([c[0] - rx, c[1] - ry, c[0] + rx, c[1] + ry], fill=_rand_colour(rng))

@@ -13,6 +13,8 @@ import timm
 import torch
 from timm.models import load_state_dict
 
+from repshift.models import convstem_vit  # noqa: F401  (registers vit_convstem_tiny with timm)
+
 
 def build_model(
     name: str,

@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from repshift.bench import cpu_name
+
 RESULT_NAME = "result.json"
 
 __all__ = [
