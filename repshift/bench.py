@@ -103,7 +103,8 @@ def compare(
 ) -> dict:
     """Median images/s of each model on the same random input already on ``device``.
 
-    The models take turns within every repeat, so drift in machine load hits them alike.
+    The models take turns within every repeat, in a rotating order, so drift in machine load and
+    the cost of going first or last hit them alike.
     Returns, per model name, the median, every repeat, the attention kernels that ran and the
     settings.
     """
@@ -118,8 +119,11 @@ def compare(
             for _ in range(warmup):
                 model(images)
     _synchronize(device)
-    for _ in tqdm(range(repeats), desc=desc, disable=not progress, leave=False):
-        for name, model in models.items():
+    names = list(models)
+    for repeat in tqdm(range(repeats), desc=desc, disable=not progress, leave=False):
+        # Rotate who goes first, so effects of running order (caches, clocks) hit every model alike.
+        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+            model = models[name]
             with autocast:
                 start = time.perf_counter()
                 for _ in range(iters):

@@ -30,6 +30,7 @@ from repshift.evaluate import distributed
 from repshift.evaluate.classification import evaluate
 from repshift.models import build_model
 from repshift.report import results
+from repshift.report.wandb_logger import NullLogger
 from repshift.train import train
 
 log = logging.getLogger("repshift.run")
@@ -141,25 +142,24 @@ def main(cfg: DictConfig) -> dict | None:
     device = resolve_device(cfg.device, local_rank)
     torch.manual_seed(cfg.seed)
     config = OmegaConf.to_container(cfg, resolve=True)
-    logger = instantiate(cfg.logger) if rank == 0 else None
+    logger = instantiate(cfg.logger) if rank == 0 else NullLogger()
     try:
-        result = execute(cfg, tasks, device, rank, world)
+        logger.start(config)
+        result = execute(cfg, tasks, device, rank, world, logger)
         result.update(experiment=cfg.experiment_name, run_name=run_dir.name, config=config, env=results.environment())
         if rank == 0:
             path = results.write_result(run_dir, result)
             log.info("wrote %s", path)
-            logger.start(config)
             metrics = _flat_metrics(result)
             logger.log_metrics(metrics)
             logger.log_table("result", pd.DataFrame([{"method": result["method"], **metrics}]))
         return result
     finally:
-        if logger is not None:
-            logger.finish()
+        logger.finish()
         distributed.cleanup()
 
 
-def execute(cfg: DictConfig, tasks: list[str], device: torch.device, rank: int, world: int) -> dict:
+def execute(cfg: DictConfig, tasks: list[str], device: torch.device, rank: int, world: int, logger) -> dict:
     """Build, (train,) compress, evaluate and benchmark as the config says; returns result fields."""
     training = "train" in tasks
     model, weights = build_model(
@@ -180,7 +180,7 @@ def execute(cfg: DictConfig, tasks: list[str], device: torch.device, rank: int, 
         "world_size": world,
     }
     if training:
-        result["train"] = train_model(model, cfg, device)
+        result["train"] = train_model(model, cfg, device, logger)
         result["weights"] = {"real": True, "source": f"trained-here:{cfg.model.checkpoint}"}
     compress_model(model, cfg)
     if repshift.is_patched(model):
@@ -208,7 +208,7 @@ def execute(cfg: DictConfig, tasks: list[str], device: torch.device, rank: int, 
     return result
 
 
-def train_model(model, cfg: DictConfig, device: torch.device) -> dict:
+def train_model(model, cfg: DictConfig, device: torch.device, logger) -> dict:
     if not cfg.model.checkpoint:
         raise ValueError("task=train needs model.checkpoint=<path> (where the trained weights are written)")
     checkpoint = Path(cfg.model.checkpoint)
@@ -229,9 +229,16 @@ def train_model(model, cfg: DictConfig, device: torch.device) -> dict:
         seed=cfg.seed,
         ckpt_path=checkpoint,
         progress=cfg.progress,
+        log=lambda entry: _log_epoch(entry, logger),
     )
     model.eval()
     return {"history": summary["history"], "checkpoint": str(checkpoint)}
+
+
+def _log_epoch(entry: dict, logger) -> None:
+    log.info("epoch %d: train loss %.4f, val top-1 %s, lr %.2e", entry["epoch"], entry["train_loss"],
+             "-" if entry["val_top1"] is None else f"{entry['val_top1']:.2f}", entry["lr"])
+    logger.log_metrics({f"train/{k}": v for k, v in entry.items() if v is not None})
 
 
 def _flat_metrics(result: dict) -> dict:

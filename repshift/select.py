@@ -51,5 +51,7 @@ def keep_tokens(
         raise ValueError(f"keep must be 'top' or 'bottom', got {keep!r}")
     index = scores.topk(num_keep, dim=1, largest=keep == "top", sorted=False).indices
     index = index.sort(dim=1).values + num_prefix
-    kept = x.gather(1, index.unsqueeze(-1).expand(batch, num_keep, channels))
-    return torch.cat([x[:, :num_prefix], kept], dim=1)
+    # One gather for prefix and kept tokens together: a separate cat would copy the tokens twice.
+    prefix = torch.arange(num_prefix, device=x.device).expand(batch, num_prefix)
+    index = torch.cat([prefix, index], dim=1)
+    return x.gather(1, index.unsqueeze(-1).expand(batch, num_prefix + num_keep, channels))

@@ -78,7 +78,7 @@ def main() -> None:
         device=args.device,
         amp_dtype=amp,
         warmup=args.warmup if args.warmup is not None else (10 if cuda else 2),
-        iters=args.iters if args.iters is not None else (20 if cuda else 3),
+        iters=args.iters if args.iters is not None else (20 if cuda else 5),
         repeats=args.repeats,
     )
     for name, model in models.items():

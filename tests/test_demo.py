@@ -47,4 +47,4 @@ def test_demo_end_to_end_small(tmp_path):
     for i in range(3):
         png = out / f"score_maps_{i}.png"
         assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
-    assert "Claims on ShapeBench" in proc.stdout
+    assert "Claims of the paper, checked on ShapeBench" in proc.stdout

@@ -78,7 +78,6 @@ def test_every_group_option_composes(group):
 )
 def test_method_labels(overrides, label):
     cfg = compose_run(overrides)
-    OmegaConf.resolve(cfg)
     assert method_label(cfg) == label
 
 
@@ -126,7 +125,7 @@ def test_sweep_through_submitit_local_and_an_interrupted_relaunch(workdir):
     sweep = ["-m", *QUICK, "task=[evaluate]", "metric=l1,l2", "hydra/launcher=submitit_local", "experiment_name=sweep"]
     run(workdir, *sweep)
     found = results_under(workdir / "outputs/smoke/sweep")
-    assert [p.parent.name.split(",")[0] for p in found] == ["metric=l1", "metric=l2"]
+    assert [("metric=l1" in p.parent.name, "metric=l2" in p.parent.name) for p in found] == [(True, False), (False, True)]
     # a relaunch after a crash: one job had finished, the other had not
     kept, lost = found
     stamp = kept.stat().st_mtime_ns
@@ -140,7 +139,9 @@ def test_torchrun_two_processes_match_one(workdir):
     args = [*QUICK, "task=[evaluate]", "dataset.limit=null", "experiment_name=ddp"]
     run(workdir, *args, "+tag=single")
     run(workdir, *args, "+tag=ddp", module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "repshift.run"))
-    single, ddp = (json.loads(p.read_text()) for p in results_under(workdir / "outputs/smoke/ddp"))
+    by_tag = {p.parent.name: json.loads(p.read_text()) for p in results_under(workdir / "outputs/smoke/ddp")}
+    (single,) = [r for name, r in by_tag.items() if "tag=single" in name]
+    (ddp,) = [r for name, r in by_tag.items() if "tag=ddp" in name]
     assert ddp["world_size"] == 2 and single["world_size"] == 1
     assert ddp["metrics"] == single["metrics"] and single["metrics"]["n"] == 16
 
