@@ -33,7 +33,7 @@ def workdir(tmp_path_factory):
 
 def run(workdir, *args, check=True, env=None, module=("-m", "repshift.run")):
     command = [sys.executable, *module, *args]
-    environment = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT), **(env or {}))
+    environment = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), **(env or {})}
     proc = subprocess.run(command, cwd=workdir, env=environment, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -163,7 +163,7 @@ def test_wandb_offline_run_lands_in_the_run_folder(workdir):
         (["model=tiny", "model.checkpoint=/nope.pth", "task=[bench]"], "model.checkpoint=/nope.pth"),
         (["model=deit_x"], "deit_s"),
         ([*QUICK, "compress.ratio=1.5", "task=[bench]"], "ratio must be in [0, 1)"),
-        (["smoke=on", "model=tiny", "model.name=resnet18", "model.kwargs={}", "metric=attn", "task=[bench]"], "metric=attn needs attention maps"),
+        (["smoke=on", "model=deit_s", "model.name=resnet18", "metric=attn", "task=[bench]"], "metric=attn needs attention maps"),
         ([*QUICK, "task=[predict]"], "unknown ['predict']"),
     ],
 )
@@ -181,7 +181,8 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped(workdir):
 
     Image.new("RGB", (64, 64), "red").save(root / "val/a/ok.JPEG")
     (root / "val/b/bad.JPEG").write_bytes(b"not a jpeg")
-    args = [*QUICK, "task=[evaluate]", "dataset=imagenet", f"dataset.root={root}", "dataset.num_workers=0", "experiment_name=broken"]
+    args = [*QUICK, "task=[evaluate]", "dataset=imagenet", f"dataset.root={root}", "dataset.generate=null",
+            "dataset.limit=null", "dataset.num_workers=0", "experiment_name=broken"]
     failed = run(workdir, *args, check=False)
     assert failed.returncode != 0 and "bad.JPEG" in failed.stdout + failed.stderr
     run(workdir, *args, "dataset.skip_corrupt=true")
