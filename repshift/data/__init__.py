@@ -14,10 +14,7 @@ _SHAPEBENCH = {
     "SHAPEBENCH_CLASSES": "CLASSES",
     "generate": "generate",
     "ensure": "ensure",
-    "generate_shapebench": "generate",
-    "ensure_shapebench": "ensure",
     "load_mask": "load_mask",
-    "render_shapebench": "render",
 }
 
 __all__ = [
