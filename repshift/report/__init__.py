@@ -20,7 +20,6 @@ _LAZY = {
     "paper_value": "repshift.report.tables",
     "WandbLogger": "repshift.report.wandb_logger",
     "NullLogger": "repshift.report.wandb_logger",
-    "make_logger": "repshift.report.wandb_logger",
     "save_score_maps": "repshift.report.figures",
     "plot_layer_curves": "repshift.report.figures",
 }

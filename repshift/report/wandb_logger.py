@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-__all__ = ["WandbLogger", "NullLogger", "resolve_mode", "make_logger"]
+__all__ = ["WandbLogger", "NullLogger", "resolve_mode"]
 
 VALID_MODES = ("online", "offline", "disabled", "shared")
 
@@ -151,24 +151,3 @@ class WandbLogger:
             if table_df[col].dtype.kind not in "biuf":
                 table_df[col] = table_df[col].astype(object)
         self.run.log({key: wandb.Table(dataframe=table_df)})
-
-
-def make_logger(cfg: Mapping[str, Any] | None, run_dir: str | os.PathLike | None = None,
-                name: str | None = None) -> WandbLogger | NullLogger:
-    """Logger from a ``logger`` config node (``{name: wandb|none, project, entity, mode, group, tags}``)."""
-    if cfg is None:
-        return NullLogger()
-    kind = str(cfg.get("name", cfg.get("kind", "wandb")) or "none").lower()
-    if kind in ("none", "null", "off", "false"):
-        return NullLogger()
-    if kind != "wandb":
-        raise ValueError(f"unknown logger {kind!r}; use wandb or none")
-    return WandbLogger(
-        project=cfg.get("project", "repshift") or "repshift",
-        entity=cfg.get("entity"),
-        mode=cfg.get("mode"),
-        group=cfg.get("group"),
-        name=cfg.get("run_name", name) or name,
-        tags=tuple(cfg.get("tags") or ()),
-        dir=run_dir if run_dir is not None else cfg.get("dir"),
-    )
