@@ -131,8 +131,9 @@ class Demo:
         val = ShapeBenchDataset(self.args.data, "val", transform=eval_transform(224, crop_pct=1.0), with_masks=True)
         step = max(1, len(val) // self.args.mask_images)
         subset = Subset(val, list(range(0, len(val), step))[: self.args.mask_images])
-        images = torch.stack([subset[i][0] for i in range(len(subset))])
-        masks = torch.stack([subset[i][2] for i in range(len(subset))])
+        samples = [subset[i] for i in range(len(subset))]
+        images = torch.stack([image for image, _, _ in samples])
+        masks = torch.stack([mask for _, _, mask in samples])
         coverage = patch_coverage(masks, patch_size=16)
         prefix = model.num_prefix_tokens
         maps = {f"{m}-{s}": repshift.representation_shift(model, images, metric=m, site=s) for m, s in SHIFTS}
