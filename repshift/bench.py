@@ -26,14 +26,6 @@ from repshift.patch import is_patched
 AMP_DTYPES = {None: None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _autocast(device: torch.device, amp_dtype: Optional[str]):
-    if amp_dtype not in AMP_DTYPES:
-        raise ValueError(f"amp_dtype must be one of {list(AMP_DTYPES)}, got {amp_dtype!r}")
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp_dtype])
-
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -110,7 +102,9 @@ def compare(
     """
     device = torch.device(device)
     images = torch.randn(batch_size, *input_size, device=device)
-    autocast = _autocast(device, amp_dtype)
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {list(AMP_DTYPES)}, got {amp_dtype!r}")
+    autocast = torch.autocast(device.type, dtype=AMP_DTYPES[amp_dtype], enabled=amp_dtype is not None)
     kernels, rates = {}, {name: [] for name in models}
     for name, model in models.items():
         model.eval()

@@ -5,11 +5,9 @@ Used for the tiny ViT on ShapeBench (and later ResNet fine-tuning). Single proce
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from repshift.evaluate.classification import collate_image_label, evaluate
+from repshift.io import atomic_open
 
 __all__ = ["train", "warmup_cosine", "CHECKPOINT_FORMAT"]
 
@@ -70,21 +69,6 @@ def _set_rng_state(state: dict) -> None:
 
 def _to_tuple(x):
     return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _load(path: Path) -> Any:
@@ -169,7 +153,13 @@ def train(
     start_epoch = 0
     if ckpt is not None and ckpt.exists():
         state = _load(ckpt)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise ValueError(
+                f"cannot resume from {ckpt}: it holds a different model (trained with other settings?). "
+                f"Delete it or choose another checkpoint path. {e}"
+            ) from e
         history = list(state.get("history", []))
         start_epoch = int(state["epoch"])
         if start_epoch >= epochs:
@@ -249,20 +239,21 @@ def train(
         if log is not None:
             log(dict(entry))
         if ckpt is not None:
-            _atomic_save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch + 1,
-                    "epochs": epochs,
-                    "history": history,
-                    "rng": _rng_state(),
-                    "seed": seed,
-                },
-                ckpt,
-            )
+            with atomic_open(ckpt, "wb") as fh:
+                torch.save(
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch + 1,
+                        "epochs": epochs,
+                        "history": history,
+                        "rng": _rng_state(),
+                        "seed": seed,
+                    },
+                    fh,
+                )
 
     return {
         "history": history,

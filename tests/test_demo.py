@@ -16,7 +16,7 @@ def test_demo_end_to_end_small(tmp_path):
         sys.executable, "-m", "repshift.demo",
         "--out", str(out), "--data", str(tmp_path / "shapebench"), "--checkpoint", str(tmp_path / "vit.pth"),
         "--train-per-class", "3", "--val-per-class", "2", "--epochs", "3", "--mask-images", "8",
-        "--overrides", "model.kwargs.embed_dim=32", "model.kwargs.depth=4", "model.kwargs.num_heads=2",
+        "--overrides", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2",
         "train.batch_size=8", "train.lr=3e-3", "train.warmup_epochs=0", "dataset.num_workers=0",
         "bench.cpu.batch_size=2", "bench.cpu.warmup=0", "bench.cpu.iters=1", "bench.cpu.repeats=1", "progress=false",
     ]
@@ -34,6 +34,12 @@ def test_demo_end_to_end_small(tmp_path):
     assert len(history) == 3 and history[-1]["train_loss"] < history[0]["train_loss"]
     assert (tmp_path / "vit.pth").exists()
 
+    # Base / Attn / Ours, the last two with the paper's DeiT schedule as it is
+    runs = {r["method"]: r for r in (json.loads(p.read_text()) for p in (out / "runs/demo").rglob("result.json"))}
+    assert runs["base"]["compress"] is None
+    for method in ("attn", "ours"):
+        assert runs[method]["compress"]["layers"] == [0, 3, 6] and runs[method]["compress"]["ratio"] == 0.2
+
     # tables and figure
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"base", "attn", "ours"}
@@ -43,7 +49,8 @@ def test_demo_end_to_end_small(tmp_path):
     assert agreement.filter(like="block").stack().between(0, 1).all()
     reliability = pd.read_csv(out / "table8_check.csv", index_col=0)
     assert {"top50", "bottom50", "gap (top − bottom)"} <= set(reliability.index)
-    assert [c for c in reliability.columns if c.startswith("block")] == ["block 0", "block 1", "block 2"]
+    # the demo's 8-block ViT: one 50 % cut at each block but the last
+    assert [c for c in reliability.columns if c.startswith("block")] == [f"block {b}" for b in range(7)]
     for i in range(3):
         png = out / f"score_maps_{i}.png"
         assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"

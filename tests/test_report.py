@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,15 @@ def test_write_result_is_atomic_when_replace_crashes(tmp_path, monkeypatch):
     assert data["p"] == str(tmp_path)
     assert [p.name for p in run.iterdir()] == ["result.json"]
     assert R.is_finished(run)
+
+
+def test_result_file_is_readable_like_any_other_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = R.write_result(tmp_path / "run", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's private 0600
 
 
 def test_crash_during_overwrite_keeps_previous_result(tmp_path, monkeypatch):

@@ -133,3 +133,11 @@ def test_interrupted_run_keeps_last_epoch_and_resumes_identically(tmp_path):
     assert same_weights(resumed_model, straight_model)
     drop = lambda h: [{k: v for k, v in e.items() if k != "time_s"} for e in h]  # noqa: E731
     assert drop(resumed["history"]) == drop(straight["history"])
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    train(make_model(), Blobs(32, 0), epochs=1, ckpt_path=ckpt, **KW)
+    wider = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 4))
+    with pytest.raises(ValueError, match=r"cannot resume from .*ckpt\.pt: it holds a different model"):
+        train(wider, Blobs(32, 0), epochs=2, ckpt_path=ckpt, **KW)

@@ -61,6 +61,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from repshift.io import atomic_open
+
 __all__ = [
     "CLASSES",
     "SPLITS",
@@ -337,12 +339,6 @@ def _clear(root: Path) -> None:
         (root / name).unlink(missing_ok=True)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def generate(
     root: str | os.PathLike,
     *,
@@ -407,7 +403,8 @@ def generate(
         for split, rel_img, label, cls, rel_mask in rows:
             w.writerow([split, rel_img, label, cls, rel_mask])
     params["n_images"] = len(rows)
-    _atomic_write(root / ".complete", json.dumps(params, indent=2, sort_keys=True) + "\n")
+    with atomic_open(root / ".complete", "w") as fh:
+        fh.write(json.dumps(params, indent=2, sort_keys=True) + "\n")
     return root
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -51,12 +50,6 @@ class IndexedSubset(Dataset):
         idx = self.indices[i]
         sample = self.dataset[idx]
         return idx, sample[0], sample[1]
-
-
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 def evaluate(
@@ -116,7 +109,7 @@ def evaluate(
                 if not bool(valid.any()):
                     continue
                 images = images[valid].to(device, non_blocking=True)
-                with _autocast(device, amp_dtype):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(images)
                 if isinstance(logits, (tuple, list)):
                     logits = logits[0]

@@ -14,13 +14,13 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from repshift.bench import cpu_name
+from repshift.io import atomic_open
 
 RESULT_NAME = "result.json"
 
@@ -74,47 +74,15 @@ def _to_jsonable(obj: Any) -> Any:
 
 
 def write_result(run_dir: str | os.PathLike, result: dict) -> Path:
-    """Write ``run_dir/result.json`` atomically and return its path.
+    """Write ``run_dir/result.json`` atomically (:func:`repshift.io.atomic_open`) and return its path.
 
-    The JSON goes to a temp file in the same folder, is flushed and fsynced, then
-    moved over ``result.json`` with :func:`os.replace`. If anything fails before the
-    replace, the temp file is removed and no ``result.json`` appears.
+    If anything fails before the final move, no ``result.json`` appears (or the old one stays).
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / RESULT_NAME
+    target = Path(run_dir) / RESULT_NAME
     text = json.dumps(_to_jsonable(result), indent=2, sort_keys=False, allow_nan=False)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{RESULT_NAME}.", suffix=".tmp", dir=run_dir)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(run_dir)
+    with atomic_open(target, "w") as fh:
+        fh.write(text + "\n")
     return target
-
-
-def _fsync_dir(path: Path) -> None:
-    """Best effort: make the rename itself durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- reading
