@@ -17,11 +17,11 @@ import argparse
 import json
 from pathlib import Path
 
-import timm
 import torch
 
 import repshift
 from repshift.bench import compare, count_gmacs
+from repshift.models import build_model
 
 SCHEDULE = dict(layers=(0, 3, 6), ratio=0.2)
 # Targets for the CPU run of the core-library issue: what pruning must buy, what scoring may cost.
@@ -38,7 +38,7 @@ def build(model_name: str, device: str, which: list[str]) -> dict:
     models = {}
     for name in which:
         torch.manual_seed(0)
-        model = timm.create_model(model_name, pretrained=False).to(device).eval()
+        model = build_model(model_name)[0].to(device).eval()
         if variants[name] is not None:
             repshift.patch(model, **variants[name], **SCHEDULE)
         models[name] = model

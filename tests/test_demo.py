@@ -1,10 +1,12 @@
 """`make demo` scaled down: every step runs and writes what it should (not what it finds)."""
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +57,11 @@ def test_demo_end_to_end_small(tmp_path):
         png = out / f"score_maps_{i}.png"
         assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "Claims of the paper, checked on ShapeBench" in proc.stdout
+
+    # scripts/shift_vs_token_norm.py reads the same model, data and images: its l2-mlp column is the demo's
+    script = runpy.run_path(str(ROOT / "scripts/shift_vs_token_norm.py"))
+    frame = script["main"](["--demo", str(out), "--images", "8"])
+    assert list(frame.columns) == ["norm", "update", "l2-mlp", "corr(norm, l2-mlp)"]
+    assert np.allclose(frame["l2-mlp"].to_numpy(), agreement.loc["l2-mlp", frame.index].to_numpy(dtype=float))
+    assert frame.drop(columns="corr(norm, l2-mlp)").stack().between(0, 1).all()
+    assert frame["corr(norm, l2-mlp)"].between(-1, 1).all()

@@ -1,0 +1,90 @@
+"""Does the L2 representation shift across the MLP just track each token's norm? (ShapeBench, demo ViT)
+
+    python scripts/shift_vs_token_norm.py        # after `make demo`: its tiny ViT, data and image subset
+
+The paper's default score compares the MLP branch's output with its input, ``‖MLP(LN(x')) − x'‖₂``,
+so the token's own norm ``‖x'‖`` enters it. Per block, this prints the AUROC against the ShapeBench
+foreground masks (as in the demo's mask-agreement table; 0.5 = chance) of
+
+  norm      ‖x'‖, the MLP branch's input (the token after the attention residual)
+  update    ‖MLP(LN(x'))‖, what the MLP adds to the token (the residual update)
+  l2-mlp    the paper's score, from repshift.representation_shift(metric="l2", site="mlp")
+
+and the Pearson correlation of ``norm`` with ``l2-mlp`` over all patch tokens.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import repshift
+from repshift.data.shapebench import ShapeBenchDataset
+from repshift.data.transforms import eval_transform
+from repshift.evaluate.saliency import mask_agreement, patch_coverage
+from repshift.models import build_model
+from repshift.report import results
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", default="outputs/demo", help="what `make demo` wrote (its --out)")
+    parser.add_argument("--images", type=int, default=200, help="val images, evenly spaced (the demo's --mask-images)")
+    parser.add_argument("--csv", default=None, help="also write the table here")
+    return parser.parse_args(argv)
+
+
+def mlp_inputs(model, images: torch.Tensor) -> list[torch.Tensor]:
+    """x' of every block: the block input plus its attention residual, from an unpruned forward."""
+    inputs: list[torch.Tensor] = []
+    hooks = [block.register_forward_hook(lambda block, args, out: inputs.append(args[0])) for block in model.blocks]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    with torch.no_grad():
+        return [x + block.ls1(block.attn(block.norm1(x))) for x, block in zip(inputs, model.blocks)]
+
+
+def main(argv=None) -> pd.DataFrame:
+    args = parse_args(argv)
+    trained = sorted(results.collect(Path(args.demo) / "runs" / "demo_train"), key=lambda r: r["_mtime"])
+    if not trained:
+        raise SystemExit(f"no trained tiny ViT under {args.demo}/runs/demo_train: run `make demo` first")
+    config = trained[-1]["config"]
+    model, _ = build_model(name=config["model"]["name"], checkpoint=config["model"]["checkpoint"],
+                           kwargs=config["model"]["kwargs"])
+    model.eval()
+    val = ShapeBenchDataset(config["dataset"]["root"], "val", transform=eval_transform(224, crop_pct=1.0))
+    step = max(1, len(val) // args.images)
+    samples = [val[i] for i in list(range(0, len(val), step))[: args.images]]  # the demo's subset
+    images = torch.stack([image for image, _, _ in samples])
+    coverage = patch_coverage(torch.stack([mask for _, _, mask in samples]), patch_size=16)
+
+    prefix = model.num_prefix_tokens
+    shift = repshift.representation_shift(model, images, metric="l2", site="mlp")[:, :, prefix:]
+    rows = {}
+    for b, (x_mid, block) in enumerate(zip(mlp_inputs(model, images), model.blocks)):
+        with torch.no_grad():
+            update = block.ls2(block.mlp(block.norm2(x_mid))).norm(dim=-1)[:, prefix:]
+        norm = x_mid.norm(dim=-1)[:, prefix:]
+        rows[f"block {b}"] = {
+            "norm": mask_agreement(norm, coverage),
+            "update": mask_agreement(update, coverage),
+            "l2-mlp": mask_agreement(shift[:, b], coverage),
+            "corr(norm, l2-mlp)": float(torch.corrcoef(torch.stack([norm.flatten(), shift[:, b].flatten()]))[0, 1]),
+        }
+    frame = pd.DataFrame(rows).T
+    print(f"AUROC vs ShapeBench foreground ({len(samples)} val images, 0.5 = chance), {config['model']['checkpoint']}\n")
+    print(frame.round(3).to_markdown())
+    if args.csv:
+        frame.to_csv(args.csv)
+    return frame
+
+
+if __name__ == "__main__":
+    main()
