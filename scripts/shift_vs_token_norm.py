@@ -36,18 +36,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def mlp_inputs(model, images: torch.Tensor) -> list[torch.Tensor]:
-    """x' of every block: the block input plus its attention residual, from an unpruned forward."""
-    inputs: list[torch.Tensor] = []
-    hooks = [block.register_forward_hook(lambda block, args, out: inputs.append(args[0])) for block in model.blocks]
+def mlp_branch(model, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per block, from one unpruned forward: x' (the input of the MLP's LayerNorm) and MLP(LN(x'))."""
+    found: dict[tuple[str, int], torch.Tensor] = {}
+    hooks = []
+    for b, block in enumerate(model.blocks):
+        hooks.append(block.norm2.register_forward_hook(lambda m, args, out, b=b: found.update({("x", b): args[0]})))
+        hooks.append(block.ls2.register_forward_hook(lambda m, args, out, b=b: found.update({("update", b): out})))
     try:
         with torch.no_grad():
             model(images)
     finally:
         for hook in hooks:
             hook.remove()
-    with torch.no_grad():
-        return [x + block.ls1(block.attn(block.norm1(x))) for x, block in zip(inputs, model.blocks)]
+    return [(found["x", b], found["update", b]) for b in range(len(model.blocks))]
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -68,10 +70,8 @@ def main(argv=None) -> pd.DataFrame:
     prefix = model.num_prefix_tokens
     shift = repshift.representation_shift(model, images, metric="l2", site="mlp")[:, :, prefix:]
     rows = {}
-    for b, (x_mid, block) in enumerate(zip(mlp_inputs(model, images), model.blocks)):
-        with torch.no_grad():
-            update = block.ls2(block.mlp(block.norm2(x_mid))).norm(dim=-1)[:, prefix:]
-        norm = x_mid.norm(dim=-1)[:, prefix:]
+    for b, (x_mid, update) in enumerate(mlp_branch(model, images)):
+        norm, update = x_mid.norm(dim=-1)[:, prefix:], update.norm(dim=-1)[:, prefix:]
         rows[f"block {b}"] = {
             "norm": mask_agreement(norm, coverage),
             "update": mask_agreement(update, coverage),
