@@ -37,7 +37,7 @@ from repshift.models import build_model
 from repshift.report import figures, results, tables
 
 CAPTION = "ShapeBench, tiny ViT trained here (not ImageNet)"
-# The tiny ViT as trained by this demo with its default settings (28 epochs, ~40 CPU minutes),
+# The tiny ViT as trained by this demo with its default settings (28 epochs, ~45 CPU minutes),
 # shipped so that a fresh clone runs the demo in minutes; --retrain trains it again instead.
 SHIPPED_CHECKPOINT = Path(__file__).parent / "assets" / "vit_shapebench.pth"
 SHIFTS = [(metric, site) for metric in ("l2", "l1", "cos") for site in ("mlp", "attn", "block")]
