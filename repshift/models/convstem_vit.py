@@ -2,9 +2,9 @@
 
 A from-scratch ViT with a linear 16x16 patch embedding needs far more optimisation steps than a
 CPU demo can afford before it learns anything on ShapeBench: a timm ViT (width 64, 7 blocks,
-2 heads) kept its training loss at ln 8 (chance) for 500 steps of batch 64, with timm's or JAX
-initialisation, class-token or average pooling, batch 16 for 750 steps, and even on a variant
-without distractor strokes (measurements in docs/reproduction.md). Four stride-2 3x3 convolutions
+2 heads) kept its training loss at ln 8 (chance) for 500 steps of batch 64, and likewise with JAX
+initialisation, with batch 16 for 750 steps, and even on a variant without distractor strokes
+(measurements in docs/reproduction.md). Four stride-2 3x3 convolutions
 in front ("early convolutions", Xiao et al., NeurIPS 2021) make it learnable in a CPU hour and
 still produce a 14x14 grid of tokens at 224 input, one per 16x16 patch, plus a class token:
 everything repshift does to a DeiT (scoring, pruning, masks per patch) applies unchanged.
