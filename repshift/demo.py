@@ -124,8 +124,8 @@ class Demo:
         frame.attrs["title"] = f"Table 8 check — {CAPTION}: top-1 (%) keeping 50 % of tokens at one block"
         return frame
 
-    def masks_and_maps(self, depth: int) -> pd.DataFrame:
-        """AUROC of each score map against the ground-truth masks, per block; and the figure."""
+    def mask_study(self) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+        """The trained tiny ViT (eval mode), ``--mask-images`` evenly spaced val images, and their patch coverage."""
         model, _ = build_model(**self.model_spec())
         model.eval()
         val = ShapeBenchDataset(self.args.data, "val", transform=eval_transform(224, crop_pct=1.0), with_masks=True)
@@ -134,7 +134,11 @@ class Demo:
         samples = [subset[i] for i in range(len(subset))]
         images = torch.stack([image for image, _, _ in samples])
         masks = torch.stack([mask for _, _, mask in samples])
-        coverage = patch_coverage(masks, patch_size=16)
+        return model, images, patch_coverage(masks, patch_size=16)
+
+    def masks_and_maps(self, depth: int) -> pd.DataFrame:
+        """AUROC of each score map against the ground-truth masks, per block; and the figure."""
+        model, images, coverage = self.mask_study()
         prefix = model.num_prefix_tokens
         maps = {f"{m}-{s}": repshift.representation_shift(model, images, metric=m, site=s) for m, s in SHIFTS}
         maps.update({m: repshift.attention_scores(model, images, metric=m) for m in ATTENTIONS})
@@ -145,7 +149,7 @@ class Demo:
         frame.index.name = "score"
         frame.attrs["title"] = (
             f"Mask agreement — {CAPTION}: AUROC of token scores vs ground-truth foreground "
-            f"(patches ≥ 50 % covered vs uncovered), {len(subset)} val images; 0.5 = chance"
+            f"(patches ≥ 50 % covered vs uncovered), {len(images)} val images; 0.5 = chance"
         )
         self.figure(images, maps, depth, prefix)
         return frame

@@ -1,6 +1,7 @@
 """Does the L2 representation shift across the MLP just track each token's norm? (ShapeBench, demo ViT)
 
     python scripts/shift_vs_token_norm.py        # after `make demo`: its tiny ViT, data and image subset
+                                                 # (--out/--data/--mask-images as given to the demo)
 
 The paper's default score compares the MLP branch's output with its input, ``‖MLP(LN(x')) − x'‖₂``,
 so the token's own norm ``‖x'‖`` enters it. Per block, this prints the AUROC against the ShapeBench
@@ -15,24 +16,20 @@ and the Pearson correlation of ``norm`` with ``l2-mlp`` over all patch tokens.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 import torch
 
 import repshift
-from repshift.data.shapebench import ShapeBenchDataset
-from repshift.data.transforms import eval_transform
-from repshift.evaluate.saliency import mask_agreement, patch_coverage
-from repshift.models import build_model
-from repshift.report import results
+from repshift import demo
+from repshift.evaluate.saliency import mask_agreement
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo", default="outputs/demo", help="what `make demo` wrote (its --out)")
-    parser.add_argument("--images", type=int, default=200, help="val images, evenly spaced (the demo's --mask-images)")
-    parser.add_argument("--csv", default=None, help="also write the table here")
+    parser.add_argument("--out", default="outputs/demo", help="the demo's --out (where it wrote its runs)")
+    parser.add_argument("--data", default="data/shapebench", help="the demo's --data (ShapeBench folder)")
+    parser.add_argument("--mask-images", type=int, default=200, help="the demo's --mask-images")
     return parser.parse_args(argv)
 
 
@@ -54,18 +51,10 @@ def mlp_branch(model, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Te
 
 def main(argv=None) -> pd.DataFrame:
     args = parse_args(argv)
-    trained = sorted(results.collect(Path(args.demo) / "runs" / "demo_train"), key=lambda r: r["_mtime"])
-    if not trained:
-        raise SystemExit(f"no trained tiny ViT under {args.demo}/runs/demo_train: run `make demo` first")
-    config = trained[-1]["config"]
-    model, _ = build_model(name=config["model"]["name"], checkpoint=config["model"]["checkpoint"],
-                           kwargs=config["model"]["kwargs"])
-    model.eval()
-    val = ShapeBenchDataset(config["dataset"]["root"], "val", transform=eval_transform(224, crop_pct=1.0))
-    step = max(1, len(val) // args.images)
-    samples = [val[i] for i in list(range(0, len(val), step))[: args.images]]  # the demo's subset
-    images = torch.stack([image for image, _, _ in samples])
-    coverage = patch_coverage(torch.stack([mask for _, _, mask in samples]), patch_size=16)
+    study = demo.Demo(demo.parse_args(["--out", args.out, "--data", args.data, "--mask-images", str(args.mask_images)]))
+    if not study.newest("demo_train"):
+        raise SystemExit(f"no trained tiny ViT under {args.out}/runs/demo_train: run `make demo` first")
+    model, images, coverage = study.mask_study()
 
     prefix = model.num_prefix_tokens
     shift = repshift.representation_shift(model, images, metric="l2", site="mlp")[:, :, prefix:]
@@ -79,10 +68,8 @@ def main(argv=None) -> pd.DataFrame:
             "corr(norm, l2-mlp)": float(torch.corrcoef(torch.stack([norm.flatten(), shift[:, b].flatten()]))[0, 1]),
         }
     frame = pd.DataFrame(rows).T
-    print(f"AUROC vs ShapeBench foreground ({len(samples)} val images, 0.5 = chance), {config['model']['checkpoint']}\n")
+    print(f"AUROC vs ShapeBench foreground ({len(images)} val images, 0.5 = chance), {study.model_spec()['checkpoint']}\n")
     print(frame.round(3).to_markdown())
-    if args.csv:
-        frame.to_csv(args.csv)
     return frame
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from repshift.report import results
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,7 +39,7 @@ def test_demo_end_to_end_small(tmp_path):
     assert (tmp_path / "vit.pth").exists()
 
     # Base / Attn / Ours, the last two with the paper's DeiT schedule as it is
-    runs = {r["method"]: r for r in (json.loads(p.read_text()) for p in (out / "runs/demo").rglob("result.json"))}
+    runs = {r["method"]: r for r in results.collect(out / "runs/demo")}
     assert runs["base"]["compress"] is None
     for method in ("attn", "ours"):
         assert runs[method]["compress"]["layers"] == [0, 3, 6] and runs[method]["compress"]["ratio"] == 0.2
@@ -60,7 +62,7 @@ def test_demo_end_to_end_small(tmp_path):
 
     # scripts/shift_vs_token_norm.py reads the same model, data and images: its l2-mlp column is the demo's
     script = runpy.run_path(str(ROOT / "scripts/shift_vs_token_norm.py"))
-    frame = script["main"](["--demo", str(out), "--images", "8"])
+    frame = script["main"](["--out", str(out), "--data", str(tmp_path / "shapebench"), "--mask-images", "8"])
     assert list(frame.columns) == ["norm", "update", "l2-mlp", "corr(norm, l2-mlp)"]
     assert np.allclose(frame["l2-mlp"].to_numpy(), agreement.loc["l2-mlp", frame.index].to_numpy(dtype=float))
     assert frame.drop(columns="corr(norm, l2-mlp)").stack().between(0, 1).all()
