@@ -2,11 +2,15 @@
 
 Throughput follows the paper's protocol: random input already on the device (no data loading),
 ``eval()`` + inference mode, AMP fp16 on CUDA, warm-up, then timed iterations with device
-synchronisation; the figure reported is the median images/s over repeats.
+synchronisation; the figure reported is the median samples/s over repeats, in the model's own
+unit (``img/s`` for images, ``vid/s`` for videos).
 
-GMACs follow the paper's "GFLOPs": multiply-accumulates (FLOPs / 2) of one image, attention
+GMACs follow the paper's "GFLOPs": multiply-accumulates (FLOPs / 2) of one sample, attention
 matmuls included, counted by ``torch.utils.flop_counter`` on the model as it actually runs, so
-pruned token counts are what is counted.
+pruned token counts are what is counted. The counted forward runs attention through SDPA's math
+path, whose two matmuls the counter sees in every torch release: fused kernels are counted (or
+not) depending on the release and the device (torch 2.14 has no formula for the CPU flash
+kernel), so counting them would make the figure depend on which kernel ran.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import time
 from typing import Optional
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
@@ -33,28 +38,29 @@ def _synchronize(device: torch.device) -> None:
 
 @contextlib.contextmanager
 def _countable_attention(model):
-    """flash-attn's custom op is invisible to the FLOP counter; count its maths through SDPA."""
+    """Attention through matmuls the FLOP counter sees: SDPA's math path, also for flash-attn runs."""
     state = getattr(model, "repshift", None) if is_patched(model) else None
-    if state is None or state.attention != "flash_attn":
-        yield
-        return
-    state.attention = "sdpa"
+    swapped = state is not None and state.attention == "flash_attn"
+    if swapped:
+        state.attention = "sdpa"
     try:
-        yield
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
     finally:
-        state.attention = "flash_attn"
+        if swapped:
+            state.attention = "flash_attn"
 
 
 @torch.no_grad()
 def count_gmacs(model, input_size=(3, 224, 224), device=None) -> float:
-    """Multiply-accumulates (in G) of one forward of a single image."""
+    """Multiply-accumulates (in G) of one forward of a single sample of shape ``input_size``."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    images = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
+    sample = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
     try:
         with _countable_attention(model), FlopCounterMode(display=False) as counter:
-            model(images)
+            model(sample)
     finally:
         model.train(was_training)
     return counter.get_total_flops() / 2 / 1e9
@@ -87,13 +93,14 @@ def compare(
     input_size=(3, 224, 224),
     device="cpu",
     amp_dtype: Optional[str] = None,
+    unit: str = "img/s",
     warmup: int = 5,
     iters: int = 10,
     repeats: int = 5,
     progress: bool = True,
     desc: str = "benchmark",
 ) -> dict:
-    """Median images/s of each model on the same random input already on ``device``.
+    """Median samples/s (``unit``) of each model on the same random input ``[batch_size, *input_size]``.
 
     The models take turns within every repeat, in a rotating order, so drift in machine load and
     the cost of going first or last hit them alike.
@@ -101,7 +108,7 @@ def compare(
     settings.
     """
     device = torch.device(device)
-    images = torch.randn(batch_size, *input_size, device=device)
+    inputs = torch.randn(batch_size, *input_size, device=device)
     if amp_dtype not in AMP_DTYPES:
         raise ValueError(f"amp_dtype must be one of {list(AMP_DTYPES)}, got {amp_dtype!r}")
     autocast = torch.autocast(device.type, dtype=AMP_DTYPES[amp_dtype], enabled=amp_dtype is not None)
@@ -109,9 +116,9 @@ def compare(
     for name, model in models.items():
         model.eval()
         with autocast:
-            kernels[name], _ = record_kernels(model, images)
+            kernels[name], _ = record_kernels(model, inputs)
             for _ in range(warmup):
-                model(images)
+                model(inputs)
     _synchronize(device)
     names = list(models)
     for repeat in tqdm(range(repeats), desc=desc, disable=not progress, leave=False):
@@ -121,23 +128,24 @@ def compare(
             with autocast:
                 start = time.perf_counter()
                 for _ in range(iters):
-                    model(images)
+                    model(inputs)
                 _synchronize(device)
             rates[name].append(batch_size * iters / (time.perf_counter() - start))
     settings = {
         "batch": batch_size,
         "iters": iters,
         "warmup": warmup,
-        "repeats": repeats,
+        "num_repeats": repeats,
         "precision": f"amp-{amp_dtype}" if amp_dtype else "fp32",
         "device": device_name(device),
     }
     return {
-        name: {"img_per_s": statistics.median(rates[name]), "repeats_img_per_s": rates[name], "kernel": kernels[name], **settings}
+        name: {"throughput": statistics.median(rates[name]), "unit": unit, "repeats": rates[name], "kernel": kernels[name],
+               **settings}
         for name in models
     }
 
 
 def throughput(model, **settings) -> dict:
-    """``compare`` for a single model: its median images/s, kernels and settings."""
+    """``compare`` for a single model: its median throughput, kernels and settings."""
     return compare({"model": model}, **settings)["model"]

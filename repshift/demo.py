@@ -64,26 +64,29 @@ class Demo:
         self.out = Path(args.out).resolve()
         self.runs = self.out / "runs"
         data = Path(args.data).resolve()
+        self.checkpoint = Path(args.checkpoint).resolve()
         self.common = [
             "experiment=demo",
             f"dataset.root={data}",
             f"dataset.generate.n_train_per_class={args.train_per_class}",
             f"dataset.generate.n_val_per_class={args.val_per_class}",
-            f"model.checkpoint={Path(args.checkpoint).resolve()}",
             f"paths.output_dir={self.runs}",
             *([f"train.epochs={args.epochs}"] if args.epochs else []),
             *args.overrides,
         ]
 
-    def suite(self, *overrides: str) -> None:
-        """Run `python -m repshift.run` with the demo's settings, echoing the command."""
+    def suite(self, *overrides: str, trained: bool = True) -> None:
+        """Run `python -m repshift.run` with the demo's settings (and its trained ViT), echoing the command."""
+        if trained:
+            overrides = (*overrides, f"model.checkpoint={self.checkpoint}")
         command = [sys.executable, "-m", "repshift.run", *overrides, *self.common]
         print("\n$ python -m repshift.run " + " ".join(overrides) + " <demo settings>", flush=True)
         subprocess.run(command, check=True)
 
     def train(self) -> dict:
         self.seed_checkpoint()
-        self.suite("task=[train,evaluate]", "label=trained", "experiment_name=demo_train", "compress=none")
+        self.suite("task=[train,evaluate]", "method.name=trained", "experiment_name=demo_train", "compress=none",
+                   "model.checkpoint=null", f"train.output={self.checkpoint}", trained=False)
         return self.newest("demo_train")[-1]
 
     def newest(self, experiment: str) -> list[dict]:
@@ -112,11 +115,11 @@ class Demo:
         layers = ",".join(f"[{layer}]" for layer in range(depth - 1))
         self.suite(
             "-m", "method=ours", "compress=none", "compress.ratio=0.5", f"compress.layers={layers}",
-            "compress.keep=top,bottom", "label=${compress.keep}50", "task=[evaluate]", "experiment_name=demo_table8",
+            "compress.keep=top,bottom", "method.name=${compress.keep}50", "task=[evaluate]", "experiment_name=demo_table8",
         )
         rows: dict[str, dict[str, float]] = {}
         for r in self.newest("demo_table8"):
-            rows.setdefault(r["method"], {})[f"block {r['compress']['layers'][0]}"] = r["metrics"]["top1"]
+            rows.setdefault(r["method"]["name"], {})[f"block {r['compress']['layers'][0]}"] = r["metrics"]["top1"]
         frame = pd.DataFrame(rows).T.sort_index(axis=1, key=lambda c: c.str.split().str[1].astype(int))
         frame["mean"] = frame.mean(axis=1)
         frame.loc["gap (top − bottom)"] = frame.loc["top50"] - frame.loc["bottom50"]
@@ -165,8 +168,9 @@ class Demo:
             figures.save_score_maps(self.out / f"score_maps_{i}.png", images[i], rows, title=CAPTION)
 
     def model_spec(self) -> dict:
-        model = self.newest("demo_train")[-1]["config"]["model"]
-        return dict(name=model["name"], checkpoint=model["checkpoint"], kwargs=model["kwargs"])
+        trained = self.newest("demo_train")[-1]
+        model = trained["config"]["model"]
+        return dict(name=model["name"], checkpoint=trained["train"]["checkpoint"], kwargs=model["kwargs"])
 
 
 def save(frame: pd.DataFrame, name: str, out: Path) -> str:

@@ -21,21 +21,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from timm.layers import Attention
 
 import repshift
-from repshift import bench, scores
-from repshift.data.build import build_dataset, describe_dataset
+from repshift import scores, tasks
 from repshift.evaluate import distributed
-from repshift.evaluate.classification import evaluate
 from repshift.models import build_model
 from repshift.report import results
 from repshift.report.wandb_logger import NullLogger
-from repshift.train import train
 
 log = logging.getLogger("repshift.run")
-
-TASKS = ("train", "evaluate", "bench")
 
 
 def run_name(override_dirname: str = "") -> str:
@@ -51,10 +45,10 @@ OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
 
 
-def method_label(cfg: DictConfig) -> str:
-    """The table row a run belongs to, from what it actually does."""
-    if cfg.label:
-        return str(cfg.label)
+def method_name(cfg: DictConfig) -> str:
+    """The table row a run belongs to: the method config's name, or derived from what the run does."""
+    if cfg.method.name:
+        return str(cfg.method.name)
     if not compresses(cfg):
         return "base"
     metric = cfg.metric.name
@@ -65,6 +59,11 @@ def method_label(cfg: DictConfig) -> str:
     if metric == "none":
         return "static"
     return "ours" if (metric, cfg.site.name) == ("l2", "mlp") else f"{metric}-{cfg.site.name}"
+
+
+def method_record(cfg: DictConfig) -> dict:
+    name = method_name(cfg)
+    return {"name": name, "label": str(cfg.method.label or name)}
 
 
 def compresses(cfg: DictConfig) -> bool:
@@ -82,20 +81,14 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
 
 
 def compress_model(model, cfg: DictConfig):
-    """Apply the configured pruning and attention backend; a plain sdpa Base stays timm's own model."""
-    metric = cfg.metric.name
-    if metric in scores.ATTENTION_METRICS and not any(isinstance(m, Attention) for m in model.modules()):
-        raise ValueError(
-            f"metric={metric} needs attention maps, but model={cfg.model.name} has no attention; "
-            "choose a representation-shift metric (metric=l2, l1 or cos)"
-        )
+    """Apply the configured pruning and attention backend; a plain sdpa Base stays the model's own forward."""
     if not compresses(cfg) and cfg.attention.name == "sdpa":
         return model
     c = cfg.compress
     try:
         repshift.patch(
             model,
-            metric=metric,
+            metric=cfg.metric.name,
             site=cfg.site.name,
             layers=tuple(c.layers) if compresses(cfg) else (),
             ratio=c.ratio if c.num is None else None,
@@ -106,33 +99,15 @@ def compress_model(model, cfg: DictConfig):
         )
     except (TypeError, ValueError) as error:
         raise ValueError(
-            f"cannot apply compress={OmegaConf.to_container(c)} metric={metric} site={cfg.site.name} "
+            f"cannot apply compress={OmegaConf.to_container(c)} metric={cfg.metric.name} site={cfg.site.name} "
             f"attention={cfg.attention.name} to model={cfg.model.name}: {error}"
         ) from error
     return model
 
 
-def run_bench(model, cfg: DictConfig, device: torch.device) -> dict:
-    settings = cfg.bench if device.type == "cuda" else cfg.bench.cpu
-    return bench.throughput(
-        model,
-        batch_size=settings.batch_size,
-        input_size=tuple(cfg.bench.input_size),
-        device=device,
-        amp_dtype=cfg.bench.amp_dtype if device.type == "cuda" else None,
-        warmup=settings.warmup,
-        iters=settings.iters,
-        repeats=settings.repeats,
-        progress=cfg.progress,
-    )
-
-
 @hydra.main(version_base="1.3", config_path="../configs", config_name="run")
 def main(cfg: DictConfig) -> dict | None:
-    tasks = list(cfg.task) if not isinstance(cfg.task, str) else [cfg.task]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"task={tasks}: unknown {unknown}; expected a list drawn from {list(TASKS)}")
+    todo = tasks.parse_tasks(cfg.task)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if results.is_finished(run_dir) and not cfg.force:
         log.info("skipping %s: result.json exists (force=true re-runs it)", run_dir)
@@ -145,94 +120,61 @@ def main(cfg: DictConfig) -> dict | None:
     logger = instantiate(cfg.logger) if rank == 0 else NullLogger()
     try:
         logger.start(config)
-        result = execute(cfg, tasks, device, rank, world, logger)
-        result.update(experiment=cfg.experiment_name, run_name=run_dir.name, config=config, env=results.environment())
+        result = execute(cfg, todo, device, rank, world, logger)
+        result.update(config=config, env=results.environment())
         if rank == 0:
             path = results.write_result(run_dir, result)
             log.info("wrote %s", path)
             metrics = _flat_metrics(result)
             logger.log_metrics(metrics)
-            logger.log_table("result", pd.DataFrame([{"method": result["method"], **metrics}]))
+            logger.log_table("result", pd.DataFrame([{"method": result["method"]["label"], **metrics}]))
         return result
     finally:
         logger.finish()
         distributed.cleanup()
 
 
-def execute(cfg: DictConfig, tasks: list[str], device: torch.device, rank: int, world: int, logger) -> dict:
-    """Build, (train,) compress, evaluate and benchmark as the config says; returns result fields."""
-    training = "train" in tasks
+def execute(cfg: DictConfig, todo: list[str], device: torch.device, rank: int, world: int, logger) -> dict:
+    """Build, load weights, compress, then train / evaluate / bench as asked; returns the result fields."""
+    if "train" in todo:
+        tasks.check_train_output(cfg)
     model, weights = build_model(
         cfg.model.name,
-        pretrained=cfg.model.pretrained and not training,
-        checkpoint=None if training else cfg.model.checkpoint,
+        pretrained=cfg.model.pretrained,
+        checkpoint=cfg.model.checkpoint,
         kwargs=OmegaConf.to_container(cfg.model.kwargs),
+        unsafe_full_unpickle=cfg.model.unsafe_full_unpickle,
     )
     model.to(device).eval()
+    evaluator = tasks.evaluator_of(cfg, model) if "evaluate" in todo else None
+    compress_model(model, cfg)
     result: dict = {
-        "method": method_label(cfg),
-        "model": {"name": HydraConfig.get().runtime.choices.get("model"), "timm_name": cfg.model.name},
+        "schema": results.SCHEMA,
+        "experiment": cfg.experiment_name,
+        "run_name": HydraConfig.get().runtime.output_dir.rstrip("/").rsplit("/", 1)[-1],
+        "method": method_record(cfg),
+        "model": {"name": HydraConfig.get().runtime.choices.get("model"), "arch": cfg.model.name,
+                  "family": model.repshift.family if repshift.is_patched(model) else None},
         "metric": cfg.metric.name,
+        "metric_resolved": model.repshift.metric if repshift.is_patched(model) else None,
         "site": cfg.site.name,
         "attention": cfg.attention.name,
         "compress": OmegaConf.to_container(cfg.compress) if compresses(cfg) else None,
         "weights": weights,
         "world_size": world,
     }
-    if training:
-        result["train"] = train_model(model, cfg, device, logger)
-        result["weights"] = {"real": True, "source": f"trained-here:{cfg.model.checkpoint}"}
-    compress_model(model, cfg)
-    if repshift.is_patched(model):
-        result["metric_resolved"] = model.repshift.metric
-    if "evaluate" in tasks:
-        dataset = build_dataset(cfg.dataset, split=cfg.dataset.split)
-        result["dataset"] = describe_dataset(cfg.dataset, dataset)
-        result["metrics"] = evaluate(
-            model,
-            dataset,
-            batch_size=cfg.dataset.batch_size,
-            num_workers=cfg.dataset.num_workers,
-            device=device,
-            amp_dtype=bench.AMP_DTYPES[cfg.bench.amp_dtype] if device.type == "cuda" else None,
-            progress=cfg.progress,
-        )
-        log.info("top-1 %.2f  top-5 %.2f  (n=%d, skipped=%d)", *(result["metrics"][k] for k in ("top1", "top5", "n", "skipped")))
-    if "bench" in tasks and rank == 0:
-        result["bench"] = run_bench(model, cfg, device)
-        result["gmacs"] = bench.count_gmacs(model, tuple(cfg.bench.input_size))
-        log.info("%.1f img/s on %s (%s), %.2f GMACs", result["bench"]["img_per_s"], result["bench"]["device"],
-                 ",".join(result["bench"]["kernel"]), result["gmacs"])
+    if "train" in todo:
+        result["train"] = tasks.run_train(model, cfg, device, lambda entry: _log_epoch(entry, logger))
+        result["weights"] = {"real": True, "source": f"trained-here:{result['train']['checkpoint']}",
+                             "initial": weights}
+    if evaluator is not None:
+        result["evaluator"] = cfg.dataset.evaluator
+        result["dataset"], result["metrics"] = evaluator.run(model, cfg, device)
+    if "bench" in todo and rank == 0:
+        result["bench"], result["gmacs"] = tasks.run_bench(model, cfg, device)
     if repshift.is_patched(model):
         result["tokens"] = list(model.repshift.tokens)
     return result
-
-
-def train_model(model, cfg: DictConfig, device: torch.device, logger) -> dict:
-    if not cfg.model.checkpoint:
-        raise ValueError("task=train needs model.checkpoint=<path> (where the trained weights are written)")
-    checkpoint = Path(cfg.model.checkpoint)
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    t = cfg.train
-    summary = train(
-        model,
-        build_dataset(cfg.dataset, split="train", training=True),
-        build_dataset(cfg.dataset, split=cfg.dataset.split),
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        warmup_epochs=t.warmup_epochs,
-        label_smoothing=t.label_smoothing,
-        num_workers=cfg.dataset.num_workers,
-        device=device,
-        seed=cfg.seed,
-        ckpt_path=checkpoint,
-        progress=cfg.progress,
-        log=lambda entry: _log_epoch(entry, logger),
-    )
-    model.eval()
-    return {"history": summary["history"], "checkpoint": str(checkpoint)}
 
 
 def _log_epoch(entry: dict, logger) -> None:
@@ -244,7 +186,7 @@ def _log_epoch(entry: dict, logger) -> None:
 def _flat_metrics(result: dict) -> dict:
     flat = {f"metrics/{k}": v for k, v in (result.get("metrics") or {}).items()}
     if "bench" in result:
-        flat["bench/img_per_s"] = result["bench"]["img_per_s"]
+        flat["bench/throughput"] = result["bench"]["throughput"]
         flat["gmacs"] = result["gmacs"]
     return flat
 

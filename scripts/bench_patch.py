@@ -89,9 +89,9 @@ def main() -> None:
     print(f"{args.model} | {first['device']} | batch {batch} | {first['precision']} | median of {args.repeats}")
     print(f"{'model':8} {'img/s':>9} {'GMACs':>7}  kernels")
     for name, r in results.items():
-        print(f"{name:8} {r['img_per_s']:9.1f} {r['gmacs']:7.2f}  {','.join(r['kernel'])}")
+        print(f"{name:8} {r['throughput']:9.1f} {r['gmacs']:7.2f}  {','.join(r['kernel'])}")
     ratios = {
-        f"{a}/{b}": results[a]["img_per_s"] / results[b]["img_per_s"]
+        f"{a}/{b}": results[a]["throughput"] / results[b]["throughput"]
         for a, b in [("ours", "base"), ("ours", "static"), ("static", "base"), ("attn", "base"), ("ours", "attn")]
         if a in results and b in results
     }

@@ -10,7 +10,7 @@ import repshift
 from repshift import scores
 from repshift.attention import attend_with_map, record_kernels
 from repshift.bench import count_gmacs
-from repshift.select import drop_count, keep_tokens
+from repshift.select import drop_count, gather_tokens, keep_indices, protected_mask
 
 DEIT_S_SCHEDULE = dict(metric="l2", site="mlp", layers=(0, 3, 6), ratio=0.2)
 
@@ -177,13 +177,37 @@ def test_attention_scores_match_the_block_maps():
 
 
 @torch.no_grad()
-def test_deit_s_token_schedule_and_gmacs(images):
-    model = make("deit_small_patch16_224")
-    assert count_gmacs(model) == pytest.approx(4.60, abs=0.005)
-    repshift.patch(model, **DEIT_S_SCHEDULE)
+def test_deit_s_token_schedule(images):
+    model = repshift.patch(make("deit_small_patch16_224"), **DEIT_S_SCHEDULE)
     model(images)
     assert model.repshift.tokens == [197, 158, 158, 158, 127, 127, 127, 102, 102, 102, 102, 102]
-    assert count_gmacs(model) == pytest.approx(3.0, abs=0.05)
+
+
+# The paper's GFLOPs (= GMACs, attention matmuls included), base and with the DeiT schedule.
+PAPER_GMACS = {"deit_tiny_patch16_224": (1.25, 0.80), "deit_small_patch16_224": (4.60, 2.99),
+               "deit_base_patch16_224": (17.56, 11.50)}
+SETTINGS = {"sdpa": dict(metric="l2", attention="sdpa"), "eager": dict(metric="attn_cls", attention="eager"),
+            "hybrid": dict(metric="attn_cls", attention="sdpa")}
+
+
+@pytest.mark.parametrize("name", PAPER_GMACS)
+@torch.no_grad()
+def test_gmacs_do_not_depend_on_the_kernel(name):
+    """Same token counts, same GMACs, whichever attention kernel runs (and whatever torch counts for it)."""
+    base, pruned = PAPER_GMACS[name]
+    model = make(name)
+    assert count_gmacs(model) == pytest.approx(base, abs=0.005)
+    counts = {}
+    for setting, kwargs in SETTINGS.items():
+        repshift.patch(model, layers=(), ratio=0.0, **{k: v for k, v in kwargs.items() if k != "metric"}, metric="l2")
+        assert count_gmacs(model) == pytest.approx(base, abs=0.005), f"unpruned, {setting}"
+        repshift.unpatch(model)
+        repshift.patch(model, site="mlp", layers=(0, 3, 6), ratio=0.2, **kwargs)
+        counts[setting] = count_gmacs(model)
+        assert model.repshift.tokens[-1] == 102
+        repshift.unpatch(model)
+    assert counts["sdpa"] == counts["eager"] == counts["hybrid"]
+    assert counts["sdpa"] == pytest.approx(pruned, abs=0.005)
 
 
 def test_drop_count_floor_and_num():
@@ -194,14 +218,24 @@ def test_drop_count_floor_and_num():
         drop_count(9, num=10)
 
 
-def test_keep_tokens_protects_prefix_and_keeps_order():
+def test_keep_indices_protects_prefix_and_keeps_order():
     x = torch.arange(2 * 7, dtype=torch.float).view(2, 7, 1).expand(2, 7, 3)
-    token_scores = torch.tensor([[5.0, 1.0, 4.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
-    kept = keep_tokens(x, token_scores, num_drop=2, num_prefix=2)[..., 0]
+    protected = protected_mask(2, 7, range(2))
+    token_scores = torch.tensor([[0.0, 0.0, 5.0, 1.0, 4.0, 2.0, 3.0], [0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
+    kept = gather_tokens(x, keep_indices(token_scores, 2, protected))[..., 0]
     assert kept.tolist() == [[0, 1, 2, 4, 6], [7, 8, 11, 12, 13]]
-    bottom = keep_tokens(x, token_scores, num_drop=2, num_prefix=2, keep="bottom")[..., 0]
+    bottom = gather_tokens(x, keep_indices(token_scores, 2, protected, keep="bottom"))[..., 0]
     assert bottom.tolist() == [[0, 1, 3, 5, 6], [7, 8, 9, 10, 11]]
-    assert keep_tokens(x, None, num_drop=3, num_prefix=2)[..., 0].tolist() == [[0, 1, 2, 3], [7, 8, 9, 10]]
+    assert gather_tokens(x, keep_indices(None, 3, protected))[..., 0].tolist() == [[0, 1, 2, 3], [7, 8, 9, 10]]
+
+
+def test_keep_indices_protects_tokens_anywhere():
+    protected = torch.tensor([[False, False, True, False, False], [False, True, False, False, False]])
+    token_scores = torch.tensor([[1.0, 5.0, -9.0, 3.0, 2.0], [4.0, -9.0, 1.0, 2.0, 3.0]])
+    assert keep_indices(token_scores, 2, protected).tolist() == [[1, 2, 3], [0, 1, 4]]
+    assert keep_indices(None, 2, protected).tolist() == [[0, 1, 2], [0, 1, 2]]
+    assert gather_tokens(torch.arange(10).view(2, 5), keep_indices(token_scores, 2, protected)).tolist() == [
+        [1, 2, 3], [5, 6, 9]]
 
 
 @pytest.mark.parametrize("name,prefix", [("deit_tiny_distilled_patch16_224", 2), ("deit_tiny_patch16_224", 1)])
@@ -320,7 +354,7 @@ def test_bad_input(kwargs, error, match):
 
 
 def test_unsupported_models_and_double_patching():
-    with pytest.raises(TypeError, match="supports timm VisionTransformer"):
+    with pytest.raises(TypeError, match="no repshift adapter supports ResNet.*timm VisionTransformer"):
         repshift.patch(timm.create_model("resnet18"), **DEIT_S_SCHEDULE)
     model = repshift.patch(make(), **DEIT_S_SCHEDULE)
     with pytest.raises(RuntimeError, match="already patched"):

@@ -39,7 +39,7 @@ def test_demo_end_to_end_small(tmp_path):
     assert (tmp_path / "vit.pth").exists()
 
     # Base / Attn / Ours, the last two with the paper's DeiT schedule as it is
-    runs = {r["method"]: r for r in results.collect(out / "runs/demo")}
+    runs = {r.method: r.raw for r in results.load_results(out / "runs/demo")}
     assert runs["base"]["compress"] is None
     for method in ("attn", "ours"):
         assert runs[method]["compress"]["layers"] == [0, 3, 6] and runs[method]["compress"]["ratio"] == 0.2

@@ -66,3 +66,40 @@ def test_unreachable_hub_gives_the_ways_out(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(RuntimeError, match="model.checkpoint=/path/to/weights.*model.pretrained=false"):
         build_model("deit_small_patch16_224", pretrained=True)
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle payload that creates a file when loaded: stands in for a malicious checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"model": tiny(0).state_dict(), "payload": _RunsCodeWhenUnpickled(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(RuntimeError, match=r"model.checkpoint=.*evil.pth.*model.unsafe_full_unpickle=true"):
+        build_model("vit_tiny_patch16_224", checkpoint=str(tmp_path / "evil.pth"), kwargs=TINY)
+    assert not marker.exists()
+    # the user's explicit opt-in unpickles fully (and so runs the payload: the option's name says the risk)
+    model, _ = build_model("vit_tiny_patch16_224", checkpoint=str(tmp_path / "evil.pth"), kwargs=TINY,
+                           unsafe_full_unpickle=True)
+    assert marker.exists() and same(model, tiny(0))
+
+
+def test_official_extra_classes_and_safetensors_load_without_a_full_unpickle(tmp_path):
+    import argparse
+
+    from safetensors.torch import save_file
+
+    source = tiny(3)
+    torch.save({"model": source.state_dict(), "args": argparse.Namespace(lr=1e-3)}, tmp_path / "vim_style.pth")
+    assert same(build_model("vit_tiny_patch16_224", checkpoint=str(tmp_path / "vim_style.pth"), kwargs=TINY)[0], source)
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    assert same(build_model("vit_tiny_patch16_224", checkpoint=str(tmp_path / "w.safetensors"), kwargs=TINY)[0], source)
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="bad.safetensors is not a valid safetensors file"):
+        build_model("vit_tiny_patch16_224", checkpoint=str(tmp_path / "bad.safetensors"), kwargs=TINY)

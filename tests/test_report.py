@@ -24,14 +24,18 @@ from repshift.report.__main__ import main as report_main
 
 # --------------------------------------------------------------------------- helpers
 
+LABELS = {"base": "Base", "attn": "Attn", "ours": "Ours", "attn+sdpa": "Attn+SDPA"}
+
+
 def make_result(experiment="table5", model="deit_s", method="ours", top1=None, ips=None, gmacs=None,
                 attention="sdpa", layers=(0, 3, 6), real=True, synthetic=False, metric="l2", site="mlp",
                 keep="top", tokens=None, dataset="imagenet", device="NVIDIA H200", precision="fp16"):
-    """A result dict in the shape of docs/architecture.md."""
+    """A result dict in the shape of docs/architecture.md (schema repshift.result/2)."""
     r = {
+        "schema": R.SCHEMA,
         "experiment": experiment,
-        "method": method,
-        "model": {"name": model, "timm_name": f"{model}_patch16_224"},
+        "method": {"name": method, "label": LABELS.get(method, method)},
+        "model": {"name": model, "arch": f"{model}_patch16_224", "family": "timm-vit"},
         "metric": metric,
         "site": site,
         "attention": attention,
@@ -44,8 +48,8 @@ def make_result(experiment="table5", model="deit_s", method="ours", top1=None, i
     if top1 is not None:
         r["metrics"] = {"top1": top1, "top5": min(100.0, top1 + 15), "n": 50000, "skipped": 0}
     if ips is not None:
-        r["bench"] = {"img_per_s": ips, "batch": 512, "precision": precision, "device": device,
-                      "kernel": attention, "repeats": 20}
+        r["bench"] = {"throughput": ips, "unit": "img/s", "batch": 512, "precision": precision, "device": device,
+                      "kernel": [attention], "num_repeats": 20}
     if gmacs is not None:
         r["gmacs"] = gmacs
     if tokens is not None:
@@ -130,7 +134,7 @@ def test_collect_and_is_finished(tmp_path):
     assert R.is_finished(tmp_path / "table5" / "a")
     assert not R.is_finished(tmp_path / "table5" / "broken")
     assert not R.is_finished(tmp_path / "table5" / "unfinished")
-    assert R.read_result(tmp_path / "table8" / "c")["method"] == "ours"
+    assert R.read_result(tmp_path / "table8" / "c")["method"]["name"] == "ours"
 
 
 def test_environment_has_the_keys():
@@ -267,6 +271,26 @@ def test_table5_extra_group_marking_and_newest_wins(tmp_path):
     md, _ = T.render("table5", df)
     assert "† random weights / synthetic data: not comparable with the paper" in md
     assert "newest file was kept" in md and "old/result.json" in md
+
+
+def test_unversioned_result_files_are_read_like_current_ones():
+    """Files written before the schema version (method a string, bench.img_per_s) still load."""
+    old = make_result(method="attn+sdpa", top1=72.5, ips=1000.0)
+    old.pop("schema")
+    old["method"] = "attn+sdpa"
+    old["bench"] = {"img_per_s": 1000.0, "batch": 16, "precision": "fp32", "device": "CPU", "kernel": "sdpa"}
+    (run,) = T._runs([old])
+    assert (run.method, run.method_label, run.throughput, run.throughput_unit) == ("attn+sdpa", "attn+sdpa", 1000.0, "img/s")
+    df = T.build("table5", [old])
+    assert cell(df, "deit_s · Acc", "Attn+SDPA · ours") == 72.5  # label from configs/method/attn_sdpa.yaml
+
+
+def test_table5_shows_controls_with_their_declared_labels():
+    df = T.build("table5", [*table5_results(), make_result(method="static", top1=70.0),
+                            make_result(method="random", top1=71.0)])
+    assert cell(df, "deit_s · Acc", "Static (control) · ours") == 70.0
+    assert cell(df, "deit_s · Acc", "Random (control) · ours") == 71.0
+    assert "Static (control) · paper" not in df.columns  # the paper has no controls
 
 
 def test_table8_layout():

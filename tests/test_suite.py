@@ -6,38 +6,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from conftest import CONFIGS, QUICK, ROOT, compose_run
+from conftest import run_module as run
 
-from repshift.run import method_label, run_name  # also registers the config resolvers
+from repshift.run import method_name, run_name  # also registers the config resolvers
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
-# The tiny random model on a few ShapeBench images with 8 outputs (so accuracy is not trivially 0).
-QUICK = ["smoke=on", "model=tiny", "+model.kwargs.num_classes=8"]
-
-
-def compose_run(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("run", overrides=overrides)
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A launch folder with its own data/ and outputs/, shared by this module's runs."""
     return tmp_path_factory.mktemp("suite")
-
-
-def run(workdir, *args, check=True, env=None, module=("-m", "repshift.run")):
-    command = [sys.executable, *module, *args]
-    environment = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), **(env or {})}
-    proc = subprocess.run(command, cwd=workdir, env=environment, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def results_under(folder):
@@ -72,19 +52,25 @@ def test_every_group_option_composes(group):
         (["metric=attn", "attention=sdpa"], "attn+sdpa"),
         (["metric=cos", "site=block"], "cos-block"),
         (["metric=none"], "static"),
+        (["method=static"], "static"),
+        (["method=attn_sdpa"], "attn+sdpa"),
         (["experiment=table8", "compress.layers=[2]", "compress.keep=bottom"], "bottom50"),
         (["experiment=table5", "model=deit_b", "metric=attn", "attention=eager"], "attn"),
     ],
 )
-def test_method_labels(overrides, label):
+def test_method_names(overrides, label):
     cfg = compose_run(overrides)
-    assert method_label(cfg) == label
+    assert method_name(cfg) == label
+
+
+def test_method_labels_are_declared_once_in_the_method_configs():
+    labels = {option: compose_run([f"method={option}"]).method for option in ("base", "attn", "ours", "static")}
+    assert {o: (m.name, m.label) for o, m in labels.items()} == {
+        "base": ("base", "Base"), "attn": ("attn", "Attn"), "ours": ("ours", "Ours"), "static": ("static", "Static (control)")}
 
 
 def test_slurm_launcher_defaults():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("run", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    cfg = compose_run(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
     assert launcher.timeout_min > 0 and launcher.array_parallelism > 0
@@ -105,10 +91,14 @@ def test_single_run_writes_a_complete_result_then_skips(workdir):
     proc = run(workdir, *QUICK, "task=[evaluate,bench]")
     (path,) = results_under(workdir / "outputs/smoke/custom")
     result = json.loads(path.read_text())
-    assert result["method"] == "ours" and result["weights"] == {"real": False, "source": "random-init"}
+    assert result["schema"] == "repshift.result/2" and result["experiment"] == "custom"
+    assert result["method"] == {"name": "ours", "label": "ours"}
+    assert result["weights"] == {"real": False, "source": "random-init"}
+    assert result["model"] == {"name": "tiny", "arch": "vit_tiny_patch16_224", "family": "timm-vit"}
     assert result["dataset"]["synthetic"] is True and result["metrics"]["n"] == 16
     assert result["tokens"] == [197, 158, 158, 158, 127, 127, 127, 102]
     assert result["bench"]["precision"] == "fp32" and result["bench"]["kernel"] == ["sdpa:flash(cpu)"]
+    assert result["bench"]["unit"] == "img/s" and result["bench"]["throughput"] > 0
     assert result["gmacs"] > 0 and result["env"]["torch"] and "git_commit" in result["env"]
     assert result["config"]["model"]["name"] == "vit_tiny_patch16_224"
     assert (path.parent / "run.log").exists() and "top-1" in (path.parent / "run.log").read_text()
@@ -163,8 +153,12 @@ def test_wandb_offline_run_lands_in_the_run_folder(workdir):
         (["model=tiny", "model.checkpoint=/nope.pth", "task=[bench]"], "model.checkpoint=/nope.pth"),
         (["model=deit_x"], "deit_s"),
         ([*QUICK, "compress.ratio=1.5", "task=[bench]"], "ratio must be in [0, 1)"),
-        (["smoke=on", "model=deit_s", "model.name=resnet18", "metric=attn", "task=[bench]"], "metric=attn needs attention maps"),
+        (["smoke=on", "model=deit_s", "model.name=resnet18", "metric=attn", "task=[bench]"],
+         "no repshift adapter supports ResNet"),
         ([*QUICK, "task=[predict]"], "unknown ['predict']"),
+        (["smoke=on", "model=tiny", "task=[evaluate]", "+model.kwargs.num_classes=0"],
+         "runs the classification evaluator, which needs class logits"),
+        ([*QUICK, "task=[train]", "model.checkpoint=/tmp/x.pth", "train.output=/tmp/x.pth"], "train.output=/tmp/x.pth is also model.checkpoint"),
     ],
 )
 def test_bad_input_names_the_config_key(workdir, args, message):

@@ -3,6 +3,10 @@
 Weights come from timm's hub/cache (``pretrained=True``), from a local file (``checkpoint``:
 the official DeiT ``.pth``, a timm/safetensors file, or a checkpoint written by
 ``repshift.train``), or nowhere (random initialisation, which every result file records).
+Every local file goes through :func:`repshift.checkpoints.load_checkpoint`: no code in it runs
+unless the user passes ``unsafe_full_unpickle=True``. A model module that knows an official
+format (key names of the original code base) converts it in its ``checkpoint_filter_fn``, the
+hook timm's own model modules use.
 """
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from typing import Optional
 
 import timm
 import torch
-from timm.models import load_state_dict
+
+from repshift.checkpoints import UNSAFE_OPTION, extract_state_dict, load_checkpoint
 
 from repshift.models import convstem_vit  # noqa: F401  (registers vit_convstem_tiny with timm)
 
@@ -22,6 +27,7 @@ def build_model(
     pretrained: bool = False,
     checkpoint: Optional[str] = None,
     kwargs: Optional[dict] = None,
+    unsafe_full_unpickle: bool = False,
 ) -> tuple[torch.nn.Module, dict]:
     """``(model, weights)`` where ``weights = {"real": bool, "source": str}``."""
     kwargs = dict(kwargs or {})
@@ -30,7 +36,7 @@ def build_model(
         if not path.is_file():
             raise FileNotFoundError(f"model.checkpoint={checkpoint} does not exist (give the path of a weights file)")
         model = timm.create_model(name, pretrained=False, **kwargs)
-        _load_file(model, path)
+        load_weights(model, path, unsafe_full_unpickle=unsafe_full_unpickle)
         return model, {"real": True, "source": f"file:{path.resolve()}"}
     if pretrained:
         try:
@@ -45,9 +51,12 @@ def build_model(
     return timm.create_model(name, pretrained=False, **kwargs), {"real": False, "source": "random-init"}
 
 
-def _load_file(model: torch.nn.Module, path: Path) -> None:
+def load_weights(model: torch.nn.Module, path: Path, *, unsafe_full_unpickle: bool = False) -> None:
     """Load a weights file strictly, converting official-format checkpoints when needed."""
-    state = load_state_dict(str(path), weights_only=False)  # picks 'model'/'state_dict' keys, strips 'module.'
+    try:
+        state = extract_state_dict(load_checkpoint(path, unsafe_full_unpickle=unsafe_full_unpickle), source=str(path))
+    except (ValueError, RuntimeError) as error:  # UnsafeCheckpointError names UNSAFE_OPTION itself
+        raise type(error)(f"model.checkpoint={path}: {error}") from None
     try:
         model.load_state_dict(state)
         return
@@ -59,3 +68,6 @@ def _load_file(model: torch.nn.Module, path: Path) -> None:
         model.load_state_dict(filter_fn(state, model))
     except RuntimeError as error:
         raise RuntimeError(f"model.checkpoint={path} does not fit {type(model).__name__}: {error}") from None
+
+
+__all__ = ["build_model", "load_weights", "UNSAFE_OPTION"]

@@ -1,4 +1,132 @@
-"""Adapters that put token scoring and selection into host models."""
-from repshift.patch.timm_vit import PruneState, check_supported, is_patched, patch, record_scores, unpatch
+"""``repshift.patch``: put token scoring and pruning into a host model, whatever its family.
 
-__all__ = ["PruneState", "check_supported", "is_patched", "patch", "record_scores", "unpatch"]
+The call finds the adapter for the model (:mod:`repshift.patch.base`; one module per family:
+``timm_vit``), checks the schedule once for every family, and lets the adapter install itself.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from repshift import attention as kernels
+from repshift import scores
+from repshift.patch.base import (
+    ADAPTERS,
+    Adapter,
+    PruneState,
+    Schedule,
+    adapter_of,
+    find_adapter,
+    register_adapter,
+    score_tokens,
+    unregister_adapter,
+)
+from repshift.patch.timm_vit import TimmViTAdapter
+from repshift.select import KEEP, drop_count
+
+__all__ = [
+    "ADAPTERS", "Adapter", "PruneState", "find_adapter", "is_patched", "patch", "record_scores",
+    "register_adapter", "score_tokens", "unpatch", "unregister_adapter",
+]
+
+register_adapter(TimmViTAdapter())
+
+
+def patch(
+    model,
+    *,
+    metric: str,
+    site: str = "mlp",
+    layers: Sequence[int],
+    ratio: Schedule = None,
+    num: Schedule = None,
+    attention: str = "sdpa",
+    seed: int = 0,
+    keep: str = "top",
+):
+    """Prune tokens inside ``model`` (in place; returned for chaining). See the README for the options."""
+    if is_patched(model):
+        raise RuntimeError("model is already patched; call repshift.unpatch(model) first")
+    adapter = find_adapter(model)
+    if metric not in scores.METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {scores.METRICS}")
+    if site not in adapter.sites:
+        raise ValueError(f"unknown site {site!r} for {adapter.family}; expected one of {adapter.sites}")
+    if keep not in KEEP:
+        raise ValueError(f"keep must be 'top' or 'bottom', got {keep!r}")
+    kernels.check_backend(attention)
+    depth = adapter.depth(model)
+    layers = tuple(layers)
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < depth:
+            raise ValueError(f"layer index {layer!r} is out of range: the model has blocks 0..{depth - 1}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers has repeated indices: {layers}")
+    if (ratio is None) == (num is None):
+        raise ValueError("give exactly one of ratio or num (both or neither were given)")
+    order = sorted(range(len(layers)), key=layers.__getitem__)
+    ratios = _as_tuple(ratio, len(layers), "ratio", float)
+    nums = _as_tuple(num, len(layers), "num", int)
+    state = PruneState(
+        family=adapter.family,
+        metric=adapter.resolve_metric(model, metric),
+        site=site,
+        layers=tuple(layers[i] for i in order),
+        ratio=tuple(ratios[i] for i in order) if ratios else None,
+        num=tuple(nums[i] for i in order) if nums else None,
+        attention=attention,
+        seed=int(seed),
+        keep=keep,
+    )
+    droppable = adapter.droppable(model)
+    if nums is not None and droppable is not None:
+        for layer in state.layers:  # drop_count raises when a step asks for more than is left
+            droppable -= drop_count(droppable, *state.step(layer))
+    adapter.install(model, state)
+    model.repshift = state
+    return model
+
+
+def _as_tuple(value: Schedule, count: int, name: str, kind: type):
+    if value is None:
+        return None
+    values = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,) * count
+    if len(values) != count:
+        raise ValueError(f"{name} has {len(values)} entries but layers has {count}; give one per layer or a scalar")
+    for v in values:
+        if kind is int and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"num must be non-negative integers, got {v!r}")
+        if kind is float and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
+            raise ValueError(f"ratio must be in [0, 1), got {v!r}")
+    return tuple(kind(v) for v in values)
+
+
+def unpatch(model):
+    """Restore the model's own classes and forward; parameters were never touched."""
+    if not is_patched(model):
+        raise RuntimeError("model is not patched by repshift")
+    adapter_of(model).uninstall(model)
+    del model.repshift
+    return model
+
+
+def is_patched(model) -> bool:
+    return isinstance(getattr(model, "repshift", None), PruneState)
+
+
+@torch.no_grad()
+def record_scores(model, inputs: Tensor, *, metric: str, site: str = "mlp") -> Tensor:
+    """Per-unit scores ``[B, depth, N]`` of every token in an unpruned forward of ``model``."""
+    if is_patched(model):
+        raise RuntimeError("record scores on an unpatched model (call repshift.unpatch first)")
+    if metric not in scores.SHIFT_METRICS + scores.ATTENTION_METRICS:
+        raise ValueError(f"metric {metric!r} has no per-token map; use one of l2, l1, cos, attn, attn_cls, attn_mean")
+    patch(model, metric=metric, site=site, layers=(), ratio=0.0, attention="sdpa")
+    try:
+        model.repshift.record = True
+        model(inputs)
+        return torch.stack(model.repshift.recorded, dim=1)
+    finally:
+        unpatch(model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from repshift.report.results import collect, environment, is_finished, read_result, write_result
+from repshift.report.results import RunResult, collect, environment, is_finished, load_results, read_result, write_result
 
 _LAZY = {
     "TABLES": "repshift.report.tables",
@@ -24,7 +24,7 @@ _LAZY = {
     "plot_layer_curves": "repshift.report.figures",
 }
 
-__all__ = ["write_result", "read_result", "collect", "is_finished", "environment", *_LAZY]
+__all__ = ["write_result", "read_result", "collect", "load_results", "RunResult", "is_finished", "environment", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

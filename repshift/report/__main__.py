@@ -19,7 +19,7 @@ USAGE = ("usage: python -m repshift.report table=<name> [results=outputs] [out=o
 
 
 def main(argv: list[str] | None = None) -> int:
-    from repshift.report.results import collect
+    from repshift.report.results import load_results
     from repshift.report.tables import TABLES, build, write
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     results_root = Path(str(cli.get("results", "outputs")))
     out_dir = Path(str(cli.get("out", results_root / "tables")))
     folder = results_root / str(cli.get("experiment") or table)
-    results = collect(folder)
+    results = load_results(folder)
     if not results:
         print(f"error: no result.json found under {folder} (searched recursively); "
               f"run the {table} experiment first or pass results=<folder holding {folder.name}/>",

@@ -1,4 +1,4 @@
-"""Paper-shaped tables from result dicts, with the paper's numbers beside ours.
+"""Paper-shaped tables from run results (:class:`~repshift.report.results.RunResult`), paper numbers beside ours.
 
 ``build(table, results)`` returns a :class:`pandas.DataFrame` whose index holds the
 row labels and whose columns are flat strings (``"Base · ours"``, ``"Base · paper"``,
@@ -24,6 +24,9 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from repshift.io import atomic_open
+from repshift.report.results import RunResult
+
 __all__ = [
     "TABLES",
     "PAPER_CSV",
@@ -36,8 +39,7 @@ __all__ = [
 
 PAPER_CSV = Path(__file__).with_name("paper_numbers.csv")
 
-#: table names ``build`` understands (also the experiment folder names)
-TABLES: tuple[str, ...] = ("table1", "table5", "table6", "table7", "table8", "fig3", "fig5", "demo")
+METHOD_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "method"
 
 SEP = " · "
 DAGGER = "†"
@@ -80,95 +82,50 @@ def paper_value(table: str, model: str, method: str, quantity: str,
 
 # --------------------------------------------------------------------------- result access
 
-def _get(d: Any, dotted: str, default: Any = None) -> Any:
-    cur = d
-    for part in dotted.split("."):
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        else:
-            return default
-    return cur
+def _runs(results: Iterable[RunResult | dict]) -> list[RunResult]:
+    """Results as :class:`RunResult` (dicts, e.g. from :func:`repshift.report.results.collect`, are read)."""
+    return [r if isinstance(r, RunResult) else RunResult.from_dict(r) for r in results if isinstance(r, (RunResult, dict))]
 
 
-def _num(v: Any) -> float | None:
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
+@lru_cache(maxsize=1)
+def method_labels() -> dict[str, str]:
+    """Method name -> the label tables show, as declared in ``configs/method/*.yaml``."""
+    from omegaconf import OmegaConf
+
+    labels = {}
+    for path in sorted(METHOD_CONFIGS.glob("*.yaml")):
+        node = OmegaConf.load(path).get("method") or {}
+        if node.get("name") and node.get("label"):
+            labels[str(node["name"])] = str(node["label"])
+    return labels
 
 
-def _name(v: Any) -> str | None:
-    """A config name from a string or a config node (``{"name": ...}``)."""
-    if v is None:
-        return None
-    if isinstance(v, dict):
-        for key in ("name", "config", "kernel", "_name_"):
-            if isinstance(v.get(key), str):
-                return v[key]
-        return None
-    if isinstance(v, (list, tuple)):  # e.g. bench.kernel: the kernels that ran
-        return _name(v[0]) if v else None
-    return str(v)
+def label_of(method: str, runs: Iterable[RunResult] = ()) -> str:
+    """A method's label: as its results recorded it, else as its method config declares it, else its name."""
+    for r in runs:
+        if r.method == method and r.method_label != method:
+            return r.method_label
+    return method_labels().get(method, method)
 
 
-def model_of(r: dict) -> str:
-    return _name(r.get("model")) or "?"
+def attention_of(r: RunResult) -> str | None:
+    return r.attention or (r.kernels[0] if r.kernels else None)
 
 
-def method_of(r: dict) -> str:
-    return _name(r.get("method")) or "?"
-
-
-def attention_of(r: dict) -> str | None:
-    return _name(r.get("attention")) or _name(_get(r, "bench.kernel"))
-
-
-def layers_of(r: dict) -> list[int]:
-    layers = _get(r, "compress.layers")
-    if layers is None:
-        return []
-    if isinstance(layers, (int, float)):
-        return [int(layers)]
-    try:
-        return [int(x) for x in layers]
-    except (TypeError, ValueError):
-        return []
-
-
-def is_tainted(r: dict) -> bool:
-    """Random weights or synthetic data: not comparable with the paper."""
-    return _get(r, "weights.real") is False or _get(r, "dataset.synthetic") is True
-
-
-def _top1(r: dict) -> float | None:
-    return _num(_get(r, "metrics.top1"))
-
-
-def _r1(r: dict) -> float | None:
-    for key in ("metrics.r@1", "metrics.r1", "metrics.R@1", "metrics.top1"):
-        v = _num(_get(r, key))
-        if v is not None:
-            return v
-    return None
-
-
-def _final_tokens(r: dict) -> float | None:
-    tok = r.get("tokens")
-    if isinstance(tok, (list, tuple)):
-        return _num(tok[-1]) if tok else None
-    return _num(tok)
-
-
-QUANTITY_GETTERS: dict[str, Callable[[dict], float | None]] = {
-    "acc1": _top1,
-    "top5": lambda r: _num(_get(r, "metrics.top5")),
-    "throughput": lambda r: _num(_get(r, "bench.img_per_s")),
-    "gflops": lambda r: _num(r.get("gmacs")),
-    "tokens": _final_tokens,
+QUANTITY_GETTERS: dict[str, Callable[[RunResult], float | None]] = {
+    "acc1": lambda r: r.metric_value("top1"),
+    "top5": lambda r: r.metric_value("top5"),
+    "throughput": lambda r: r.throughput,
+    "gflops": lambda r: r.gmacs,
+    "tokens": lambda r: float(r.tokens[-1]) if r.tokens else None,
 }
+
+
+def paper_cells(rec: dict, label: str, ours: float | None, paper: float) -> None:
+    """The three cells of one quantity: ``<label> · ours``, ``<label> · paper`` and ``<label> · Δ``."""
+    rec[f"{label}{SEP}ours"] = _nan(ours)
+    rec[f"{label}{SEP}paper"] = paper
+    rec[f"{label}{SEP}Δ"] = _delta(_nan(ours), paper)
 
 
 # --------------------------------------------------------------------------- cell bookkeeping
@@ -177,14 +134,14 @@ QUANTITY_GETTERS: dict[str, Callable[[dict], float | None]] = {
 class _Grid:
     """Collects candidate values per cell; the newest result file wins."""
 
-    cells: dict[tuple[str, str], list[tuple[float, int, float, dict]]] = field(default_factory=dict)
+    cells: dict[tuple[str, str], list[tuple[float, int, float, RunResult]]] = field(default_factory=dict)
     _order: int = 0
 
-    def add(self, row: str, col: str, value: float | None, r: dict) -> None:
+    def add(self, row: str, col: str, value: float | None, r: RunResult) -> None:
         if value is None:
             return
         self._order += 1
-        self.cells.setdefault((row, col), []).append((_mtime(r), self._order, float(value), r))
+        self.cells.setdefault((row, col), []).append((r.mtime, self._order, float(value), r))
 
     def resolve(self) -> tuple[dict, dict, list[str]]:
         """-> (values[(row, col)], winners[(row, col)] = result, duplicate notes)."""
@@ -195,29 +152,16 @@ class _Grid:
             values[key] = value
             winners[key] = r
             if len(cands) > 1:
-                dropped = [c[3].get("_path", "?") for c in cands[:-1]]
-                dups.append(f"{key[0]} / {key[1]}: kept {r.get('_path', '?')} over {', '.join(dropped)}")
+                dropped = [c[3].path or "?" for c in cands[:-1]]
+                dups.append(f"{key[0]} / {key[1]}: kept {r.path or '?'} over {', '.join(dropped)}")
         return values, winners, dups
 
     def rows(self) -> set[str]:
         return {k[0] for k in self.cells}
 
 
-def _mtime(r: dict) -> float:
-    m = r.get("_mtime")
-    if isinstance(m, (int, float)):
-        return float(m)
-    path = r.get("_path")
-    if path:
-        try:
-            return os.path.getmtime(path)
-        except OSError:
-            pass
-    return 0.0
-
-
 def _tainted_rows(winners: dict) -> set[str]:
-    return {row for (row, _), r in winners.items() if is_tainted(r)}
+    return {row for (row, _), r in winners.items() if r.tainted}
 
 
 def _delta(ours: float, paper: float) -> float:
@@ -243,23 +187,22 @@ def _uniq(values: Iterable[Any]) -> list[str]:
     return seen
 
 
-def _bench_desc(results: list[dict], unit: str = "img/s") -> str:
-    devices = _uniq(_get(r, "bench.device") for r in results if r.get("bench"))
-    if not devices:
-        devices = _uniq(_get(r, "env.device") for r in results if r.get("bench"))
-    precisions = _uniq(_get(r, "bench.precision") for r in results)
-    batches = _uniq(_get(r, "bench.batch") for r in results)
-    parts = [unit, "device " + (" / ".join(devices) if devices else "n/a"),
+def _bench_desc(results: list[RunResult]) -> str:
+    benched = [r for r in results if r.throughput is not None]
+    devices = _uniq(r.bench_device for r in benched) or _uniq(r.env_device for r in benched)
+    precisions = _uniq(r.bench_precision for r in results)
+    batches = _uniq(r.bench_batch for r in results)
+    units = _uniq(r.throughput_unit for r in benched) or ["img/s"]
+    parts = [" / ".join(units), "device " + (" / ".join(devices) if devices else "n/a"),
              "precision " + (" / ".join(precisions) if precisions else "n/a")]
     if batches:
         parts.append("batch " + " / ".join(batches))
     return ", ".join(parts)
 
 
-def _data_desc(results: list[dict]) -> str:
-    names = _uniq(_get(r, "dataset.name") for r in results if r.get("metrics"))
-    ns = _uniq(_get(r, "dataset.n") if _get(r, "dataset.n") is not None else _get(r, "metrics.n")
-               for r in results if r.get("metrics"))
+def _data_desc(results: list[RunResult]) -> str:
+    names = _uniq(r.dataset for r in results if r.metrics)
+    ns = _uniq(r.dataset_n for r in results if r.metrics)
     if not names:
         return "data n/a"
     desc = "data " + " / ".join(names)
@@ -292,18 +235,18 @@ def _order_present(preferred: list[str], present: Iterable[str]) -> list[str]:
 KERNEL_OF = {"eager": "self-attention", "sdpa": "flash-attention", "flash_attn": "flash-attention"}
 
 
-def _build_table1(results: list[dict]) -> pd.DataFrame:
+def _build_table1(results: list[RunResult]) -> pd.DataFrame:
     grid = _Grid()
     used = []
     for r in results:
-        if method_of(r) != "base":
+        if r.method != "base":
             continue
         kernel = KERNEL_OF.get(attention_of(r) or "")
         if kernel is None:
             continue
-        model = model_of(r)
-        row = f"{model}{SEP}{kernel}"
-        grid.add(row, "acc", _r1(r) if model.startswith("umt") else _top1(r), r)
+        row = f"{r.model}{SEP}{kernel}"
+        # Table 1 reports MSRVTT T2V R@1 for UMT, top-1 for DeiT
+        grid.add(row, "acc", r.metric_value("t2v_r1") if r.model.startswith("umt") else r.metric_value("top1"), r)
         grid.add(row, "thr", QUANTITY_GETTERS["throughput"](r), r)
         used.append(r)
     values, winners, dups = grid.resolve()
@@ -316,11 +259,7 @@ def _build_table1(results: list[dict]) -> pd.DataFrame:
             row = f"{model}{SEP}{kernel}"
             rec = {}
             for col, label, q in (("acc", "Acc-1/R@1", acc_q), ("thr", "Thr", "throughput")):
-                ours = _nan(values.get((row, col)))
-                paper = paper_value("table1", model, kernel, q)
-                rec[f"{label}{SEP}ours"] = ours
-                rec[f"{label}{SEP}paper"] = paper
-                rec[f"{label}{SEP}Δ"] = _delta(ours, paper)
+                paper_cells(rec, label, values.get((row, col)), paper_value("table1", model, kernel, q))
             records.append(rec)
             index.append(row + (f" {DAGGER}" if row in tainted else ""))
     df = pd.DataFrame(records, index=pd.Index(index, name=f"model{SEP}attention"))
@@ -338,40 +277,35 @@ class _ClsSpec:
     table: str
     number: str
     models: tuple[str, ...]
-    groups: tuple[tuple[str, str], ...]  # (result method, column label)
-    optional_groups: tuple[tuple[str, str], ...]
+    methods: tuple[str, ...]  # the paper's columns, always shown
+    optional_methods: tuple[str, ...]  # shown when results have them, in this order
     what: str
 
 
 CLS_SPECS = {
-    "table5": _ClsSpec("table5", "Table 5", ("deit_t", "deit_s", "deit_b"),
-                       (("base", "Base"), ("attn", "Attn"), ("ours", "Ours")),
-                       (("attn+sdpa", "Attn+SDPA"),), "DeiT"),
-    "table6": _ClsSpec("table6", "Table 6", ("resnet34", "resnet50"),
-                       (("base", "Base"), ("line-wise", "L-W"), ("token-wise", "T-W")), (), "ResNet"),
-    "table7": _ClsSpec("table7", "Table 7", ("vim_t",),
-                       (("base", "Base"), ("top-vim", "ToP-ViM"), ("ours", "Ours")), (), "ViM"),
+    "table5": _ClsSpec("table5", "Table 5", ("deit_t", "deit_s", "deit_b"), ("base", "attn", "ours"),
+                       ("attn+sdpa", "static", "random"), "DeiT"),
+    "table6": _ClsSpec("table6", "Table 6", ("resnet34", "resnet50"), ("base", "line-wise", "token-wise"),
+                       ("static",), "ResNet"),
+    "table7": _ClsSpec("table7", "Table 7", ("vim_t",), ("base", "top-vim", "ours"), ("static",), "ViM"),
 }
 
 CLS_QUANTITIES = (("acc1", "Acc"), ("throughput", "Throughput"), ("gflops", "GFLOPs"))
 
 
-def _build_cls(spec: _ClsSpec, results: list[dict]) -> pd.DataFrame:
+def _build_cls(spec: _ClsSpec, results: list[RunResult]) -> pd.DataFrame:
     grid = _Grid()
     for r in results:
-        model, method = model_of(r), method_of(r)
         for q, qlabel in CLS_QUANTITIES:
-            grid.add(f"{model}{SEP}{qlabel}", method, QUANTITY_GETTERS[q](r), r)
+            grid.add(f"{r.model}{SEP}{qlabel}", r.method, QUANTITY_GETTERS[q](r), r)
     values, winners, dups = grid.resolve()
     tainted = _tainted_rows(winners)
     present_models = {k[0].split(SEP)[0] for k in grid.cells}
     present_methods = {k[1] for k in grid.cells}
     models = _order_present(list(spec.models), present_models)
-    groups = list(spec.groups)
-    known = {m for m, _ in spec.groups}
-    groups += [g for g in spec.optional_groups if g[0] in present_methods]
-    known |= {m for m, _ in spec.optional_groups}
-    groups += [(m, m) for m in sorted(present_methods - known)]
+    methods = list(spec.methods) + [m for m in spec.optional_methods if m in present_methods]
+    methods += sorted(present_methods - set(methods) - set(spec.optional_methods))
+    groups = [(m, label_of(m, results)) for m in methods]
     table_paper = paper_numbers(spec.table)
     no_paper = {m for m, _ in groups if not (table_paper["method"] == m).any()}
     records, index = [], []
@@ -380,13 +314,11 @@ def _build_cls(spec: _ClsSpec, results: list[dict]) -> pd.DataFrame:
             row = f"{model}{SEP}{qlabel}"
             rec = {}
             for method, glabel in groups:
-                ours = _nan(values.get((row, method)))
-                rec[f"{glabel}{SEP}ours"] = ours
                 if method in no_paper:
-                    continue
-                paper = paper_value(spec.table, model, method, q, dataset="imagenet")
-                rec[f"{glabel}{SEP}paper"] = paper
-                rec[f"{glabel}{SEP}Δ"] = _delta(ours, paper)
+                    rec[f"{glabel}{SEP}ours"] = _nan(values.get((row, method)))
+                else:
+                    paper_cells(rec, glabel, values.get((row, method)),
+                                paper_value(spec.table, model, method, q, dataset="imagenet"))
             records.append(rec)
             index.append(row + (f" {DAGGER}" if row in tainted else ""))
     df = pd.DataFrame(records, index=pd.Index(index, name=f"model{SEP}quantity"))
@@ -397,7 +329,8 @@ def _build_cls(spec: _ClsSpec, results: list[dict]) -> pd.DataFrame:
     if spec.table == "table5":
         notes.append("Attn = eager attention + class-attention scores (the paper's baseline); "
                      "Ours = L2 representation shift at the MLP with FlashAttention; "
-                     "Attn+SDPA (when present) is our hybrid.")
+                     "Attn+SDPA (when present) is our hybrid; Static / Random (when present) are controls the "
+                     "paper does not report (no score: keep the first tokens; seeded random scores).")
     if no_paper:
         notes.append("No paper numbers for " + ", ".join(g for m, g in groups if m in no_paper)
                      + ": only our values are shown.")
@@ -409,16 +342,12 @@ def _build_cls(spec: _ClsSpec, results: list[dict]) -> pd.DataFrame:
 T8_COLUMNS = ("L1", "L3", "L5", "L7", "L9", "L11")
 
 
-def _build_table8(results: list[dict]) -> pd.DataFrame:
+def _build_table8(results: list[RunResult]) -> pd.DataFrame:
     grid = _Grid()
     for r in results:
-        method = method_of(r)
-        if method not in ("top50", "bottom50"):
+        if r.method not in ("top50", "bottom50") or not r.layers:
             continue
-        layers = layers_of(r)
-        if not layers:
-            continue
-        grid.add(f"{model_of(r)}{SEP}{method}", f"L{layers[0] + 1}", _top1(r), r)
+        grid.add(f"{r.model}{SEP}{r.method}", f"L{r.layers[0] + 1}", r.metric_value("top1"), r)
     values, winners, dups = grid.resolve()
     tainted = _tainted_rows(winners)
     present_cols = {k[1] for k in grid.cells}
@@ -460,9 +389,9 @@ def _build_table8(results: list[dict]) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- figures 3 / 5
 
-def _score_label(r: dict, fig: str) -> str:
-    metric = _name(r.get("metric")) or "?"
-    site = _name(r.get("site"))
+def _score_label(r: RunResult, fig: str) -> str:
+    metric = r.metric or "?"
+    site = r.site
     if fig == "fig3" and metric.startswith("attn"):
         return metric
     return f"{metric}-{site}" if site else metric
@@ -480,15 +409,14 @@ def _score_sort_key(row: str) -> tuple:
     return (model, mi, metric, si, site)
 
 
-def _build_fig(fig: str, results: list[dict]) -> pd.DataFrame:
+def _build_fig(fig: str, results: list[RunResult]) -> pd.DataFrame:
     grid = _Grid()
     base = _Grid()
     for r in results:
-        layers = layers_of(r)
-        if not layers or method_of(r) == "base":
-            base.add(model_of(r), "base", _top1(r), r)
+        if not r.layers or r.method == "base":
+            base.add(r.model, "base", r.metric_value("top1"), r)
             continue
-        grid.add(f"{model_of(r)}{SEP}{_score_label(r, fig)}", f"layer {layers[0]}", _top1(r), r)
+        grid.add(f"{r.model}{SEP}{_score_label(r, fig)}", f"layer {r.layers[0]}", r.metric_value("top1"), r)
     values, winners, dups = grid.resolve()
     bvalues, bwinners, bdups = base.resolve()
     tainted = _tainted_rows(winners) | _tainted_rows(bwinners)
@@ -520,11 +448,11 @@ DEMO_COLUMNS = (("acc1", "Acc-1"), ("top5", "Top-5"), ("throughput", "img/s"), (
                 ("tokens", "tokens"))
 
 
-def _build_demo(results: list[dict]) -> pd.DataFrame:
+def _build_demo(results: list[RunResult]) -> pd.DataFrame:
     grid = _Grid()
     for r in results:
         for q, label in DEMO_COLUMNS:
-            grid.add(method_of(r), label, QUANTITY_GETTERS[q](r), r)
+            grid.add(r.method, label, QUANTITY_GETTERS[q](r), r)
     values, winners, dups = grid.resolve()
     tainted = _tainted_rows(winners)
     rows = _order_present([m for m in ("base", "attn", "ours", "attn+sdpa") if m in grid.rows()], grid.rows())
@@ -541,20 +469,22 @@ def _build_demo(results: list[dict]) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- public API
 
-def build(table: str, results: list[dict]) -> pd.DataFrame:
-    """Build the paper-shaped table ``table`` (one of :data:`TABLES`) from result dicts."""
-    results = [r for r in results if isinstance(r, dict)]
-    if table == "table1":
-        return _build_table1(results)
-    if table in CLS_SPECS:
-        return _build_cls(CLS_SPECS[table], results)
-    if table == "table8":
-        return _build_table8(results)
-    if table in ("fig3", "fig5"):
-        return _build_fig(table, results)
-    if table == "demo":
-        return _build_demo(results)
-    raise ValueError(f"unknown table {table!r}; valid tables: {', '.join(TABLES)}")
+#: table name -> builder; ``build`` and the report CLI know exactly these tables.
+BUILDERS: dict[str, Callable[[list[RunResult]], pd.DataFrame]] = {
+    "table1": _build_table1,
+    **{name: (lambda results, spec=spec: _build_cls(spec, results)) for name, spec in CLS_SPECS.items()},
+    "table8": _build_table8,
+    "fig3": lambda results: _build_fig("fig3", results),
+    "fig5": lambda results: _build_fig("fig5", results),
+    "demo": _build_demo,
+}
+
+
+def build(table: str, results: Iterable[RunResult | dict]) -> pd.DataFrame:
+    """Build the paper-shaped table ``table`` (one of :data:`TABLES`) from results."""
+    if table not in BUILDERS:
+        raise ValueError(f"unknown table {table!r}; valid tables: {', '.join(TABLES)}")
+    return BUILDERS[table](_runs(results))
 
 
 def _fmt(v: Any, signed: bool = False) -> str:
@@ -604,7 +534,10 @@ def write(table: str, df: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Pat
     markdown, csv = render(table, df)
     md_path, csv_path = out_dir / f"{table}.md", out_dir / f"{table}.csv"
     for path, text in ((md_path, markdown), (csv_path, csv)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_open(path, "w") as fh:
+            fh.write(text)
     return md_path, csv_path
+
+
+#: table names ``build`` understands (also the experiment folder names)
+TABLES: tuple[str, ...] = tuple(BUILDERS)

@@ -1,0 +1,195 @@
+"""The adapter protocol behind ``repshift.patch``: what every host family provides, and the
+run-time state all of them share.
+
+An adapter knows one family of models (timm ViTs, UMT, ResNet, ViM, ...) and nothing of Hydra:
+
+- which models it serves (:meth:`Adapter.supports`) and which variants it refuses (:meth:`Adapter.check`);
+- how many scheduled units (blocks, stages, layers) the model has (:meth:`Adapter.depth`) and how
+  many droppable tokens enter the first one at the default input size (:meth:`Adapter.droppable`);
+- how a requested metric resolves for this model (``attn`` becomes Eq. 2 or Eq. 3; a model without
+  attention refuses attention metrics) (:meth:`Adapter.resolve_metric`);
+- how to put scoring and pruning into the model and take it out again (:meth:`Adapter.install`,
+  :meth:`Adapter.uninstall`), leaving parameters and state-dict keys untouched.
+
+Inside its forward, an adapter reports the token count of every unit (:meth:`PruneState.enter`),
+describes the sequence once (:meth:`PruneState.begin`: which positions are protected, plus any
+per-token record such as the frame a token came from), computes scores with
+:func:`score_tokens` and lets :meth:`PruneState.prune` pick the kept indices and gather every
+stream it hands over, and every per-token record, with the same indices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from repshift import scores
+from repshift.select import drop_count, gather_tokens, keep_indices
+
+Schedule = Union[None, float, int, Sequence[float], Sequence[int]]
+
+
+@dataclass
+class PruneState:
+    """Everything a patched model needs at run time; reachable as ``model.repshift``."""
+
+    family: str
+    metric: str  # resolved: "attn" has become attn_cls or attn_mean
+    site: str
+    layers: tuple[int, ...]
+    ratio: Optional[tuple[float, ...]]
+    num: Optional[tuple[int, ...]]
+    attention: str
+    seed: int
+    keep: str
+    # Filled during every forward:
+    tokens: list[int] = field(default_factory=list)  # tokens entering each unit
+    book: dict[str, Tensor] = field(default_factory=dict)  # per-token records [B, N], gathered with the tokens
+    # When set, every unit scores all of its tokens into ``recorded`` (analysis, not pruning).
+    record: bool = False
+    recorded: list[Tensor] = field(default_factory=list)
+
+    def reset(self) -> None:
+        """Forget the previous forward (called by the adapter when a new forward starts)."""
+        self.tokens, self.book, self.recorded = [], {}, []
+
+    def begin(self, protected: Tensor, **records: Tensor) -> None:
+        """Describe the sequence entering the first unit.
+
+        ``protected`` is a ``[B, N]`` bool mask of tokens that are never dropped; ``records`` are
+        extra per-token tensors ``[B, N]`` (e.g. ``frame``) kept in step with the tokens. The
+        original position of every token is recorded as ``position``.
+        """
+        batch, tokens = protected.shape
+        position = torch.arange(tokens, device=protected.device).expand(batch, tokens)
+        self.book = {"protected": protected, "position": position, **records}
+
+    def enter(self, layer: int, tokens: int) -> None:
+        self.tokens.append(tokens)
+
+    def step(self, layer: int) -> Optional[tuple[Optional[float], Optional[int]]]:
+        """The (ratio, num) drop rule of ``layer``, or None when that unit does not prune."""
+        if layer not in self.layers:
+            return None
+        i = self.layers.index(layer)
+        return (self.ratio[i] if self.ratio else None, self.num[i] if self.num else None)
+
+    def scoring(self, layer: int) -> bool:
+        """Whether ``layer`` must compute scores (it prunes, or scores are being recorded)."""
+        return self.record or layer in self.layers
+
+    @property
+    def needs_map(self) -> bool:
+        return self.metric in ("attn_cls", "attn_mean")
+
+    def prune(self, layer: int, token_scores: Optional[Tensor], *streams: Tensor) -> tuple[Tensor, ...]:
+        """Record ``token_scores`` if asked, then apply ``layer``'s drop rule.
+
+        Returns ``streams`` (each ``[B, N, ...]``) gathered with the kept indices; the per-token
+        records in :attr:`book` are gathered with the same indices.
+        """
+        if self.record and token_scores is not None:
+            self.recorded.append(token_scores)
+        step = self.step(layer)
+        if step is None:
+            return streams
+        protected = self.book["protected"]
+        droppable = protected.shape[1] - int(protected[0].sum())
+        num_drop = drop_count(droppable, *step)
+        if num_drop == 0:
+            return streams
+        index = keep_indices(token_scores, num_drop, protected, self.keep)
+        self.book = {name: gather_tokens(record, index) for name, record in self.book.items()}
+        return tuple(gather_tokens(stream, index) for stream in streams)
+
+
+def score_tokens(
+    state: PruneState,
+    layer: int,
+    *,
+    site_pairs: Optional[dict[str, tuple[Tensor, Tensor]]] = None,
+    attn_map: Optional[Tensor] = None,
+    like: Tensor,
+) -> Optional[Tensor]:
+    """Scores ``[B, N]`` of every token of a unit (protected ones included), per the state's metric.
+
+    ``site_pairs`` maps each site to ``(after, before)`` for the representation-shift metrics;
+    ``attn_map`` is the unit's softmax map for the attention metrics; ``like`` (``[B, N, ...]``)
+    gives the batch, token count and device for the random control. ``None`` means "no score"
+    (the static control keeps the first tokens).
+    """
+    if state.metric in scores.SHIFT_METRICS:
+        after, before = site_pairs[state.site]
+        return scores.shift(after, before, state.metric)
+    if state.metric == "attn_cls":
+        return scores.cls_attention(attn_map)
+    if state.metric == "attn_mean":
+        return scores.mean_attention(attn_map)
+    if state.metric == "random":
+        return scores.random_scores(like.shape[0], like.shape[1], seed=state.seed, layer=layer, device=like.device)
+    return None
+
+
+class Adapter:
+    """One host family. Subclasses set :attr:`family` and :attr:`description` and implement the methods."""
+
+    family: ClassVar[str]
+    description: ClassVar[str]  # shown when no adapter supports a model
+    sites: ClassVar[tuple[str, ...]] = scores.SITES
+
+    def supports(self, model) -> bool:
+        raise NotImplementedError
+
+    def check(self, model) -> None:
+        """Raise ``TypeError`` for a variant of the family this adapter cannot patch."""
+
+    def depth(self, model) -> int:
+        raise NotImplementedError
+
+    def droppable(self, model) -> Optional[int]:
+        """Droppable tokens entering the first unit at the model's default input size (None: unknown)."""
+        return None
+
+    def resolve_metric(self, model, metric: str) -> str:
+        return metric
+
+    def install(self, model, state: PruneState) -> None:
+        raise NotImplementedError
+
+    def uninstall(self, model) -> None:
+        raise NotImplementedError
+
+
+ADAPTERS: list[Adapter] = []
+
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    """Make ``repshift.patch`` serve a new family (the first adapter that supports a model wins)."""
+    if any(a.family == adapter.family for a in ADAPTERS):
+        raise ValueError(f"an adapter for family {adapter.family!r} is already registered")
+    ADAPTERS.append(adapter)
+    return adapter
+
+
+def unregister_adapter(family: str) -> None:
+    ADAPTERS[:] = [a for a in ADAPTERS if a.family != family]
+
+
+def find_adapter(model) -> Adapter:
+    for adapter in ADAPTERS:
+        if adapter.supports(model):
+            adapter.check(model)
+            return adapter
+    supported = "; ".join(f"{a.family}: {a.description}" for a in ADAPTERS)
+    raise TypeError(f"no repshift adapter supports {type(model).__name__}; repshift.patch supports {supported}")
+
+
+def adapter_of(model) -> Adapter:
+    """The adapter a patched model was patched with."""
+    family = model.repshift.family
+    for adapter in ADAPTERS:
+        if adapter.family == family:
+            return adapter
+    raise RuntimeError(f"model was patched by adapter {family!r}, which is no longer registered")

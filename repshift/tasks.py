@@ -1,0 +1,141 @@
+"""What ``task=[...]`` can ask a run to do, each piece returning named result fields.
+
+- ``train``: fine-tune the model as built, loaded and compressed (so pruning can be on while it
+  learns) on the dataset's train split; the checkpoint goes to ``train.output`` (never the input
+  ``model.checkpoint``) after every epoch and a rerun resumes from it.
+- ``evaluate``: the dataset's evaluator (``dataset.evaluator``): ``classification`` today
+  (top-1/top-5). An evaluator states what it needs from the model, so asking a model for a task
+  it cannot serve fails before any data is read.
+- ``bench``: throughput on random input of the model's ``input_size``, in the model's ``unit``,
+  and GMACs of one sample.
+
+The runner (:mod:`repshift.run`) runs them in the order of :data:`TASKS`, whatever the order of
+the list; this module is the only other place that reads the run config.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig
+
+from repshift import bench
+from repshift.data.build import build_dataset, describe_dataset
+from repshift.evaluate.classification import evaluate as evaluate_classification
+from repshift.train import train
+
+log = logging.getLogger("repshift.run")
+
+TASKS = ("train", "evaluate", "bench")
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """One way to evaluate: what it needs from the model and how it runs."""
+
+    needs: str  # shown when a model cannot serve it
+    serves: Callable[[torch.nn.Module], bool]
+    run: Callable[[torch.nn.Module, DictConfig, torch.device], tuple[dict, dict]]  # -> (dataset info, metrics)
+
+
+def _classification(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict]:
+    dataset = build_dataset(cfg.dataset, split=cfg.dataset.split)
+    metrics = evaluate_classification(
+        model,
+        dataset,
+        batch_size=cfg.dataset.batch_size,
+        num_workers=cfg.dataset.num_workers,
+        device=device,
+        amp_dtype=bench.AMP_DTYPES[cfg.bench.amp_dtype] if device.type == "cuda" else None,
+        progress=cfg.progress,
+    )
+    log.info("top-1 %.2f  top-5 %.2f  (n=%d, skipped=%d)", *(metrics[k] for k in ("top1", "top5", "n", "skipped")))
+    return describe_dataset(cfg.dataset, dataset), metrics
+
+
+EVALUATORS: dict[str, Evaluator] = {
+    "classification": Evaluator(
+        needs="class logits (an image classifier with num_classes > 0)",
+        serves=lambda model: getattr(model, "num_classes", 0) > 0,
+        run=_classification,
+    ),
+}
+
+
+def parse_tasks(task) -> list[str]:
+    """The configured tasks in the order they run; unknown names are a clear error."""
+    tasks = [task] if isinstance(task, str) else list(task)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"task={tasks}: unknown {unknown}; expected a list drawn from {list(TASKS)}")
+    return [t for t in TASKS if t in tasks]
+
+
+def evaluator_of(cfg: DictConfig, model) -> Evaluator:
+    """The evaluator the dataset asks for, after checking that the model can serve it."""
+    name = cfg.dataset.get("evaluator")
+    if name not in EVALUATORS:
+        raise ValueError(f"dataset.evaluator={name} is unknown; expected one of {sorted(EVALUATORS)}")
+    evaluator = EVALUATORS[name]
+    if not evaluator.serves(model):
+        raise ValueError(
+            f"task=evaluate on dataset={cfg.dataset.name} runs the {name} evaluator, which needs {evaluator.needs}; "
+            f"model={cfg.model.name} ({type(model).__name__}) does not provide it"
+        )
+    return evaluator
+
+
+def check_train_output(cfg: DictConfig) -> None:
+    output = Path(cfg.train.output)
+    if cfg.model.checkpoint and output.resolve() == Path(cfg.model.checkpoint).resolve():
+        raise ValueError(f"train.output={output} is also model.checkpoint: training must not overwrite its input")
+
+
+def run_train(model, cfg: DictConfig, device: torch.device, log_epoch: Callable[[dict], None]) -> dict:
+    output = Path(cfg.train.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    t = cfg.train
+    summary = train(
+        model,
+        build_dataset(cfg.dataset, split="train", training=True),
+        build_dataset(cfg.dataset, split=cfg.dataset.split),
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        warmup_epochs=t.warmup_epochs,
+        label_smoothing=t.label_smoothing,
+        num_workers=cfg.dataset.num_workers,
+        device=device,
+        seed=cfg.seed,
+        ckpt_path=output,
+        progress=cfg.progress,
+        log=log_epoch,
+    )
+    model.eval()
+    return {"history": summary["history"], "checkpoint": str(output), "resumed_from": summary["resumed_from"]}
+
+
+def run_bench(model, cfg: DictConfig, device: torch.device) -> tuple[dict, float]:
+    """``(throughput record, GMACs of one sample)``; CPU runs use fp32 and the ``bench.cpu`` settings."""
+    settings = cfg.bench if device.type == "cuda" else cfg.bench.cpu
+    input_size = tuple(cfg.model.input_size)
+    record = bench.throughput(
+        model,
+        batch_size=settings.batch_size,
+        input_size=input_size,
+        device=device,
+        amp_dtype=cfg.bench.amp_dtype if device.type == "cuda" else None,
+        unit=cfg.model.unit,
+        warmup=settings.warmup,
+        iters=settings.iters,
+        repeats=settings.repeats,
+        progress=cfg.progress,
+    )
+    gmacs = bench.count_gmacs(model, input_size)
+    log.info("%.1f %s on %s (%s), %.2f GMACs", record["throughput"], record["unit"], record["device"],
+             ",".join(record["kernel"]), gmacs)
+    return record, gmacs
