@@ -19,6 +19,7 @@ import torch
 from repshift.checkpoints import UNSAFE_OPTION, extract_state_dict, load_checkpoint
 
 from repshift.models import convstem_vit  # noqa: F401  (registers vit_convstem_tiny with timm)
+from repshift.models import vim  # noqa: F401  (registers vim_t_midclstok with timm)
 
 
 def build_model(
