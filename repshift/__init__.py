@@ -16,15 +16,16 @@ __all__ = ["patch", "unpatch", "is_patched", "representation_shift", "attention_
 __version__ = "0.1.0"
 
 
-def representation_shift(model, images: Tensor, metric: str = "l2", site: str = "mlp") -> Tensor:
+def representation_shift(model, images: Tensor, metric: str = "l2", site: str = "mlp", reading: str = "literal") -> Tensor:
     """Representation shift of every token at every block of an unpatched forward: ``[B, depth, N]``.
 
-    ``metric`` is the distance (l2, l1, cos); ``site`` the operation it spans (attn, mlp, block).
+    ``metric`` is the distance (l2, l1, cos); ``site`` the operation it spans (attn, mlp, block);
+    ``reading`` how ``D(F(x), x)`` is read (literal, update, normed: see ``repshift.patch.base.Branch``).
     Prefix tokens (class, distillation, registers) are included at the front of ``N``.
     """
     if metric not in ("l2", "l1", "cos"):
         raise ValueError(f"representation shift uses metric l2, l1 or cos; got {metric!r}")
-    return record_scores(model, images, metric=metric, site=site)
+    return record_scores(model, images, metric=metric, site=site, reading=reading)
 
 
 def attention_scores(model, images: Tensor, metric: str = "attn_cls") -> Tensor:

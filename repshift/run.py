@@ -62,8 +62,11 @@ def method_name(cfg: DictConfig) -> str:
 
 
 def method_record(cfg: DictConfig) -> dict:
-    name = method_name(cfg)
-    return {"name": name, "label": str(cfg.method.label or name)}
+    """``{name, label}`` of the run's table row; a non-default reading of a shift score is part of both."""
+    name, label = method_name(cfg), str(cfg.method.label or method_name(cfg))
+    if compresses(cfg) and cfg.metric.name in scores.SHIFT_METRICS and cfg.reading != "literal":
+        name, label = f"{name}@{cfg.reading}", f"{label} ({cfg.reading} reading)"
+    return {"name": name, "label": label}
 
 
 def compresses(cfg: DictConfig) -> bool:
@@ -96,10 +99,12 @@ def compress_model(model, cfg: DictConfig):
             attention=cfg.attention.name,
             seed=cfg.seed,
             keep=c.keep,
+            reading=cfg.reading,
         )
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"cannot apply compress={OmegaConf.to_container(c)} metric={cfg.metric.name} site={cfg.site.name} "
+            f"reading={cfg.reading} "
             f"attention={cfg.attention.name} to model={cfg.model.name}: {error}"
         ) from error
     return model
@@ -158,6 +163,7 @@ def execute(cfg: DictConfig, todo: list[str], device: torch.device, rank: int, w
         "metric": cfg.metric.name,
         "metric_resolved": model.repshift.metric if repshift.is_patched(model) else None,
         "site": cfg.site.name,
+        "reading": cfg.reading,
         "attention": cfg.attention.name,
         "compress": OmegaConf.to_container(cfg.compress) if compresses(cfg) else None,
         "weights": weights,

@@ -1,8 +1,9 @@
 """What ``task=[...]`` can ask a run to do, each piece returning named result fields.
 
 - ``train``: fine-tune the model as built, loaded and compressed (so pruning can be on while it
-  learns) on the dataset's train split; the checkpoint goes to ``train.output`` (never the input
-  ``model.checkpoint``) after every epoch and a rerun resumes from it.
+  learns) on the dataset's train split with the recipe in ``train.*`` (every key but ``output`` is
+  an argument of :func:`repshift.train.train`); the checkpoint goes to ``train.output`` (never the
+  input ``model.checkpoint``) after every epoch and a rerun resumes from it.
 - ``evaluate``: the dataset's evaluator (``dataset.evaluator``): ``classification`` today
   (top-1/top-5). An evaluator states what it needs from the model, so asking a model for a task
   it cannot serve fails before any data is read.
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from repshift import bench
 from repshift.data.build import build_dataset, describe_dataset
@@ -97,17 +98,12 @@ def check_train_output(cfg: DictConfig) -> None:
 def run_train(model, cfg: DictConfig, device: torch.device, log_epoch: Callable[[dict], None]) -> dict:
     output = Path(cfg.train.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    t = cfg.train
+    recipe = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if k != "output"}
     summary = train(
         model,
         build_dataset(cfg.dataset, split="train", training=True),
         build_dataset(cfg.dataset, split=cfg.dataset.split),
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        warmup_epochs=t.warmup_epochs,
-        label_smoothing=t.label_smoothing,
+        **recipe,
         num_workers=cfg.dataset.num_workers,
         device=device,
         seed=cfg.seed,

@@ -110,7 +110,7 @@ class PatchedTwoStreamToy(TwoStreamToy):
             state.enter(index, hidden.shape[1])
             hidden, residual = layer(hidden, residual)
             if state.scoring(index):
-                token_scores = score_tokens(state, index, site_pairs={"mlp": (hidden, residual)}, like=hidden)
+                token_scores = score_tokens(state, index, sites={"mlp": (hidden, residual)}, like=hidden)
                 hidden, residual = state.prune(index, token_scores, hidden, residual)
         return self.head_from(hidden, residual, state.book["protected"])
 

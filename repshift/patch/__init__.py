@@ -1,10 +1,14 @@
 """``repshift.patch``: put token scoring and pruning into a host model, whatever its family.
 
-The call finds the adapter for the model (:mod:`repshift.patch.base`; one module per family:
-``timm_vit``), checks the schedule once for every family, and lets the adapter install itself.
+The call finds the adapter for the model (:mod:`repshift.patch.base`), checks the schedule once
+for every family, and lets the adapter install itself. Every other module of this package is one
+host family's adapter and registers itself when imported; all of them are imported here, so a new
+family is one new module.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Sequence
 
 import torch
@@ -14,7 +18,9 @@ from repshift import attention as kernels
 from repshift import scores
 from repshift.patch.base import (
     ADAPTERS,
+    READINGS,
     Adapter,
+    Branch,
     PruneState,
     Schedule,
     adapter_of,
@@ -23,15 +29,16 @@ from repshift.patch.base import (
     score_tokens,
     unregister_adapter,
 )
-from repshift.patch.timm_vit import TimmViTAdapter
 from repshift.select import KEEP, drop_count
 
 __all__ = [
-    "ADAPTERS", "Adapter", "PruneState", "find_adapter", "is_patched", "patch", "record_scores",
+    "ADAPTERS", "READINGS", "Adapter", "Branch", "PruneState", "find_adapter", "is_patched", "patch", "record_scores",
     "register_adapter", "score_tokens", "unpatch", "unregister_adapter",
 ]
 
-register_adapter(TimmViTAdapter())
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def patch(
@@ -45,6 +52,7 @@ def patch(
     attention: str = "sdpa",
     seed: int = 0,
     keep: str = "top",
+    reading: str = "literal",
 ):
     """Prune tokens inside ``model`` (in place; returned for chaining). See the README for the options."""
     if is_patched(model):
@@ -56,6 +64,8 @@ def patch(
         raise ValueError(f"unknown site {site!r} for {adapter.family}; expected one of {adapter.sites}")
     if keep not in KEEP:
         raise ValueError(f"keep must be 'top' or 'bottom', got {keep!r}")
+    if reading not in READINGS:
+        raise ValueError(f"unknown reading {reading!r}; expected one of {READINGS}")
     kernels.check_backend(attention)
     depth = adapter.depth(model)
     layers = tuple(layers)
@@ -73,6 +83,7 @@ def patch(
         family=adapter.family,
         metric=adapter.resolve_metric(model, metric),
         site=site,
+        reading=reading,
         layers=tuple(layers[i] for i in order),
         ratio=tuple(ratios[i] for i in order) if ratios else None,
         num=tuple(nums[i] for i in order) if nums else None,
@@ -117,13 +128,13 @@ def is_patched(model) -> bool:
 
 
 @torch.no_grad()
-def record_scores(model, inputs: Tensor, *, metric: str, site: str = "mlp") -> Tensor:
+def record_scores(model, inputs: Tensor, *, metric: str, site: str = "mlp", reading: str = "literal") -> Tensor:
     """Per-unit scores ``[B, depth, N]`` of every token in an unpruned forward of ``model``."""
     if is_patched(model):
         raise RuntimeError("record scores on an unpatched model (call repshift.unpatch first)")
     if metric not in scores.SHIFT_METRICS + scores.ATTENTION_METRICS:
         raise ValueError(f"metric {metric!r} has no per-token map; use one of l2, l1, cos, attn, attn_cls, attn_mean")
-    patch(model, metric=metric, site=site, layers=(), ratio=0.0, attention="sdpa")
+    patch(model, metric=metric, site=site, reading=reading, layers=(), ratio=0.0, attention="sdpa")
     try:
         model.repshift.record = True
         model(inputs)

@@ -4,6 +4,7 @@ run-time state all of them share.
 An adapter knows one family of models (timm ViTs, UMT, ResNet, ViM, ...) and nothing of Hydra:
 
 - which models it serves (:meth:`Adapter.supports`) and which variants it refuses (:meth:`Adapter.check`);
+- which sites it measures the shift at (:attr:`Adapter.sites`);
 - how many scheduled units (blocks, stages, layers) the model has (:meth:`Adapter.depth`) and how
   many droppable tokens enter the first one at the default input size (:meth:`Adapter.droppable`);
 - how a requested metric resolves for this model (``attn`` becomes Eq. 2 or Eq. 3; a model without
@@ -30,6 +31,35 @@ from repshift.select import drop_count, gather_tokens, keep_indices
 
 Schedule = Union[None, float, int, Sequence[float], Sequence[int]]
 
+#: How ``s = D(F(x), x)`` is read for a residual branch ``y = x + g(F(N(x)))`` (``N`` the pre-norm,
+#: ``F`` the module, ``g`` layer scale or identity). The paper writes the formula one way (Eqs. 4-6)
+#: and describes it another (Fig. 2); its code is not public. docs/reproduction.md has the sentences.
+READINGS = ("literal", "update", "normed")
+
+
+@dataclass
+class Branch:
+    """The tensors of one residual branch ``output = input + update``, ``update = g(raw)``, ``raw = F(normed)``.
+
+    - ``literal``: ``D(update, input)`` -- the branch's output against its residual input, as Eqs. 4-6 write it;
+    - ``update``: ``D(input + update, input)`` -- the residual stream before and after the layer;
+    - ``normed``: ``D(raw, normed)`` -- the module's own output against its own input (what a hook sees).
+    """
+
+    input: Tensor
+    normed: Tensor
+    raw: Tensor
+    update: Tensor
+    output: Optional[Tensor] = None  # input + update, when the host has it already
+
+    def pair(self, reading: str) -> tuple[Tensor, Tensor]:
+        """``(after, before)`` of ``reading``."""
+        if reading == "literal":
+            return self.update, self.input
+        if reading == "update":
+            return (self.output if self.output is not None else self.input + self.update), self.input
+        return self.raw, self.normed
+
 
 @dataclass
 class PruneState:
@@ -38,6 +68,7 @@ class PruneState:
     family: str
     metric: str  # resolved: "attn" has become attn_cls or attn_mean
     site: str
+    reading: str  # one of READINGS: how D(F(x), x) is read at the site
     layers: tuple[int, ...]
     ratio: Optional[tuple[float, ...]]
     num: Optional[tuple[int, ...]]
@@ -109,19 +140,21 @@ def score_tokens(
     state: PruneState,
     layer: int,
     *,
-    site_pairs: Optional[dict[str, tuple[Tensor, Tensor]]] = None,
+    sites: Optional[dict[str, Union[Branch, tuple[Tensor, Tensor]]]] = None,
     attn_map: Optional[Tensor] = None,
     like: Tensor,
 ) -> Optional[Tensor]:
     """Scores ``[B, N]`` of every token of a unit (protected ones included), per the state's metric.
 
-    ``site_pairs`` maps each site to ``(after, before)`` for the representation-shift metrics;
+    ``sites`` maps each site to a :class:`Branch` (read per ``state.reading``) or to a plain
+    ``(after, before)`` pair that every reading shares (e.g. a whole block: ``D(x̂, x)``);
     ``attn_map`` is the unit's softmax map for the attention metrics; ``like`` (``[B, N, ...]``)
     gives the batch, token count and device for the random control. ``None`` means "no score"
     (the static control keeps the first tokens).
     """
     if state.metric in scores.SHIFT_METRICS:
-        after, before = site_pairs[state.site]
+        site = sites[state.site]
+        after, before = site.pair(state.reading) if isinstance(site, Branch) else site
         return scores.shift(after, before, state.metric)
     if state.metric == "attn_cls":
         return scores.cls_attention(attn_map)

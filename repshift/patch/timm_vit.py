@@ -9,6 +9,8 @@ A block is ``x' = x + A(x)``, ``x̂ = x' + M(x')`` with ``A = ls1∘attn∘norm1
 tokens from its output ``x̂``, using its own scores:
 
 - ``site="attn"``: ``D(A(x), x)``;  ``site="mlp"``: ``D(M(x'), x')``;  ``site="block"``: ``D(x̂, x)``
+  (the ``literal`` reading; ``update`` and ``normed`` read the attn/mlp branches as
+  :class:`repshift.patch.base.Branch` says; the block site is ``D(x̂, x)`` under every reading)
 - ``attn_cls`` / ``attn_mean``: Eq. 2 / Eq. 3 from the block's own attention map, which is then
   materialised in that block only.
 
@@ -24,7 +26,7 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from repshift import attention as kernels
-from repshift.patch.base import Adapter, PruneState, score_tokens
+from repshift.patch.base import Adapter, Branch, PruneState, register_adapter, score_tokens
 from repshift.select import protected_mask
 
 
@@ -72,18 +74,25 @@ class RepShiftBlock(Block):
         scoring = state.scoring(layer)
 
         attn_map = None
+        x_norm = self.norm1(x)
         if scoring and state.needs_map:
-            a, attn_map = self.attn.forward_with_map(self.norm1(x))
+            a_raw, attn_map = self.attn.forward_with_map(x_norm)
         else:
-            a = self.attn(self.norm1(x))
-        a = self.ls1(a)
+            a_raw = self.attn(x_norm)
+        a = self.ls1(a_raw)
         x_mid = x + self.drop_path1(a)
-        m = self.ls2(self.mlp(self.norm2(x_mid)))
+        x_mid_norm = self.norm2(x_mid)
+        m_raw = self.mlp(x_mid_norm)
+        m = self.ls2(m_raw)
         x_out = x_mid + self.drop_path2(m)
         if not scoring:
             return x_out
-        site_pairs = {"attn": (a, x), "mlp": (m, x_mid), "block": (x_out, x)}
-        token_scores = score_tokens(state, layer, site_pairs=site_pairs, attn_map=attn_map, like=x)
+        sites = {
+            "attn": Branch(input=x, normed=x_norm, raw=a_raw, update=a, output=x_mid),
+            "mlp": Branch(input=x_mid, normed=x_mid_norm, raw=m_raw, update=m, output=x_out),
+            "block": (x_out, x),
+        }
+        token_scores = score_tokens(state, layer, sites=sites, attn_map=attn_map, like=x)
         (x_out,) = state.prune(layer, token_scores, x_out)
         return x_out
 
@@ -153,3 +162,6 @@ class TimmViTAdapter(Adapter):
             block.attn.__class__ = Attention
             del block.repshift_state, block.attn.repshift_state, block.repshift_layer, block.repshift_num_prefix
         model.__class__ = type(model).__bases__[1]  # (RepShiftModel, original class)
+
+
+register_adapter(TimmViTAdapter())
