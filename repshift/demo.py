@@ -5,7 +5,8 @@
 1. makes ShapeBench if missing, trains the tiny ViT once (cached, resumable) with the suite's
    own `task=train`;
 2. Base / Attn (eager, class attention) / Ours (L2 across the MLP, SDPA) with the paper's DeiT
-   schedule (blocks 0, 3, 6; 20 % each): accuracy, CPU throughput, GMACs;
+   schedule (blocks 0, 3, 6; 20 % each), plus the Static and Random controls the paper does not
+   report: accuracy, CPU throughput, GMACs; and Ours under each reading of D(F(x), x);
 3. the Table 8 reliability check: keep the top vs the bottom 50 % by representation shift;
 4. agreement of every score map with the known foreground masks (AUROC per block);
 5. a Fig. 6-style PNG: image / attention map / representation-shift map at three depths;
@@ -42,6 +43,7 @@ CAPTION = "ShapeBench, tiny ViT trained here (not ImageNet)"
 SHIPPED_CHECKPOINT = Path(__file__).parent / "assets" / "vit_shapebench.pth"
 SHIFTS = [(metric, site) for metric in ("l2", "l1", "cos") for site in ("mlp", "attn", "block")]
 ATTENTIONS = ("attn_cls", "attn_mean")
+READINGS = ("literal", "update", "normed")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -107,8 +109,13 @@ class Demo:
         print(f"Reusing the shipped tiny ViT ({SHIPPED_CHECKPOINT.name}); --retrain trains it from scratch.")
 
     def compare_methods(self) -> pd.DataFrame:
-        self.suite("-m", "method=base,attn,ours")
+        self.suite("-m", "method=base,attn,ours,static,random")
         return tables.build("demo", self.newest("demo"))
+
+    def reading_accuracy(self, literal: float) -> dict[str, float]:
+        """Top-1 of Ours at the DeiT schedule under each reading (literal is Ours of the method table)."""
+        self.suite("-m", "method=ours", "reading=update,normed", "task=[evaluate]", "experiment_name=demo_readings")
+        return {"literal": literal, **{r["reading"]: r["metrics"]["top1"] for r in self.newest("demo_readings")}}
 
     def reliability(self, depth: int) -> pd.DataFrame:
         """Table 8 on ShapeBench: keep the top or the bottom 50 % at one block (not the last)."""
@@ -140,10 +147,15 @@ class Demo:
         return model, images, patch_coverage(masks, patch_size=16)
 
     def masks_and_maps(self, depth: int) -> pd.DataFrame:
-        """AUROC of each score map against the ground-truth masks, per block; and the figure."""
+        """AUROC of each score map against the ground-truth masks, per block; and the figure.
+
+        Rows ``l2-mlp@update`` / ``l2-mlp@normed`` are the default score under the other readings.
+        """
         model, images, coverage = self.mask_study()
         prefix = model.num_prefix_tokens
         maps = {f"{m}-{s}": repshift.representation_shift(model, images, metric=m, site=s) for m, s in SHIFTS}
+        maps.update({f"l2-mlp@{r}": repshift.representation_shift(model, images, "l2", "mlp", reading=r)
+                     for r in READINGS[1:]})
         maps.update({m: repshift.attention_scores(model, images, metric=m) for m in ATTENTIONS})
         frame = pd.DataFrame(
             {name: {f"block {b}": mask_agreement(s[:, b, prefix:], coverage) for b in range(depth)} for name, s in maps.items()}
@@ -173,6 +185,18 @@ class Demo:
         return dict(name=model["name"], checkpoint=trained["train"]["checkpoint"], kwargs=model["kwargs"])
 
 
+def readings_table(agreement: pd.DataFrame, accuracy: dict[str, float], depth: int) -> pd.DataFrame:
+    """Per reading of the default score (L2, MLP): mask AUROC per block and top-1 at the DeiT schedule."""
+    rows = {"literal": "l2-mlp", "update": "l2-mlp@update", "normed": "l2-mlp@normed"}
+    frame = agreement.loc[list(rows.values()), [f"block {b}" for b in range(depth)]]
+    frame.index = list(rows)
+    frame["top-1 (DeiT schedule)"] = [accuracy[r] for r in rows]
+    frame.index.name = "reading"
+    frame.attrs["title"] = (f"Readings of D(F(x), x) — {CAPTION}: mask AUROC of the L2 MLP-site score per block "
+                            "(0.5 = chance) and top-1 (%) with 20 % pruned after blocks 0, 3, 6")
+    return frame
+
+
 def save(frame: pd.DataFrame, name: str, out: Path) -> str:
     markdown = f"## {frame.attrs.get('title', name)}\n\n{frame.round(3).to_markdown()}\n"
     (out / f"{name}.md").write_text(markdown)
@@ -190,8 +214,11 @@ def main(argv=None) -> None:
     trained = demo.train()
     depth = trained["config"]["model"]["kwargs"]["depth"]
     methods = demo.compare_methods()
+    accuracy = {m.split()[0]: row["Acc-1"] for m, row in methods.iterrows()}
+    reading_accuracy = demo.reading_accuracy(accuracy["ours"])
     reliability = demo.reliability(depth)
     agreement = demo.masks_and_maps(depth)
+    readings = readings_table(agreement, reading_accuracy, depth)
 
     print(f"\n# repshift demo — {CAPTION}\n")
     print(f"Tiny ViT: val top-1 {trained['metrics']['top1']:.2f} % after {len(trained['train']['history'])} epochs "
@@ -200,6 +227,7 @@ def main(argv=None) -> None:
     (demo.out / "methods.md").write_text(md)
     (demo.out / "methods.csv").write_text(csv)
     print(md)
+    print(save(readings, "readings", demo.out))
     print(save(reliability, "table8_check", demo.out))
     print(save(agreement, "mask_agreement", demo.out))
 
@@ -209,12 +237,12 @@ def main(argv=None) -> None:
         "caption": CAPTION,
         "tiny_vit_val_top1": trained["metrics"]["top1"],
         "methods": {m.split()[0]: row.to_dict() for m, row in methods.iterrows()},
+        "readings_top1": reading_accuracy,
         "top_vs_bottom_gap_mean": gap,
         "best_auroc": best.to_dict(),
         "wall_time_s": time.perf_counter() - start,
     }
     (demo.out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    accuracy = {m.split()[0]: row["Acc-1"] for m, row in methods.iterrows()}
     verdict = lambda holds: "holds" if holds else "does NOT hold here"  # noqa: E731
     default, attention = best["l2-mlp"], best[list(ATTENTIONS)].max()
     print("Claims of the paper, checked on ShapeBench:")
@@ -225,6 +253,13 @@ def main(argv=None) -> None:
     print(f"- pruning by shift keeps accuracy better than by attention: Ours {accuracy['ours']:.2f} vs Attn "
           f"{accuracy['attn']:.2f} (Base {accuracy['base']:.2f}) at the same token counts: "
           f"{verdict(accuracy['ours'] >= accuracy['attn'])}")
+    best_reading = max(reading_accuracy, key=reading_accuracy.get)
+    controls = f"random {accuracy['random']:.2f}, static {accuracy['static']:.2f}"
+    print(f"- representation shift beats a random choice of tokens: best reading {best_reading} "
+          f"{reading_accuracy[best_reading]:.2f} vs the controls the paper does not report ({controls}): "
+          f"{verdict(reading_accuracy[best_reading] > accuracy['random'])}"
+          + ("; the seeded random control beats every reading of the score here"
+             if accuracy["random"] > max(reading_accuracy.values()) else ""))
     print(f"\nWrote tables, score maps (score_maps_*.png) and summary.json to {demo.out} "
           f"in {summary['wall_time_s']:.0f} s.")
 

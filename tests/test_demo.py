@@ -14,6 +14,10 @@ from repshift.report import results
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def agreement_literal_block0(out):
+    return pd.read_csv(out / "mask_agreement.csv", index_col=0).loc["l2-mlp", "block 0"]
+
+
 def test_demo_end_to_end_small(tmp_path):
     out = tmp_path / "demo"
     command = [
@@ -46,7 +50,12 @@ def test_demo_end_to_end_small(tmp_path):
 
     # tables and figure
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["methods"]) == {"base", "attn", "ours"}
+    assert set(summary["methods"]) == {"base", "attn", "ours", "static", "random"}
+    readings = pd.read_csv(out / "readings.csv", index_col=0)
+    assert list(readings.index) == ["literal", "update", "normed"]
+    assert readings.loc["literal", "top-1 (DeiT schedule)"] == summary["methods"]["ours"]["Acc-1"]
+    assert readings.loc["literal", "block 0"] == agreement_literal_block0(out)
+    assert "representation shift beats a random choice of tokens" in proc.stdout
     assert "ShapeBench, tiny ViT trained here" in (out / "methods.md").read_text()
     agreement = pd.read_csv(out / "mask_agreement.csv", index_col=0)
     assert {"l2-mlp", "l1-attn", "cos-block", "attn_cls", "attn_mean"} <= set(agreement.index)

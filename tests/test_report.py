@@ -564,3 +564,36 @@ def test_plot_layer_curves(tmp_path):
     df.attrs["baseline"] = {"deit_s": 79.8}
     path = plot_layer_curves(df, tmp_path / "curves.png", ylabel="top-1 (%)")
     assert path.stat().st_size > 0
+
+
+def test_readings_table_and_table8_gap_per_reading():
+    res = []
+    for reading, top1 in (("literal", 70.0), ("update", 74.0), ("normed", 76.0)):
+        r = make_result("readings", method="ours", top1=top1)
+        r["reading"] = reading
+        res.append(r)
+        for block, (top, bottom) in zip((0, 2), ((60.0, 50.0), (64.0, 50.0))):
+            for keep, value in (("top", top), ("bottom", bottom)):
+                r = make_result("readings", method="ours", top1=value + (reading == "normed"), layers=(block,), keep=keep)
+                r["reading"] = reading
+                r["compress"]["ratio"] = 0.5
+                res.append(r)
+    df = T.build("readings", res)
+    assert cell(df, "deit_s · l2-mlp", "update") == 74.0
+    assert cell(df, "deit_s · l2-mlp", "paper") == 77.8
+    gap = "deit_s · l2-mlp · Table 8 gap (top − bottom 50 %)"
+    assert cell(df, gap, "literal") == pytest.approx(12.0)  # (10 + 14) / 2
+    assert cell(df, gap, "paper") == pytest.approx(78.0 - 51.7)  # paper Avg top50 − bottom50
+
+
+def test_table8_and_fig3_show_the_controls():
+    res = [make_result("table8", method=m, top1=v, layers=(0,), keep=k)
+           for m, k, v in (("ours", "top", 76.0), ("ours", "bottom", 51.0), ("random", "top", 64.0), ("random", "bottom", 63.0))]
+    df = T.build("table8", res)
+    assert cell(df, "top50 · ours", "L1") == 76.0
+    assert cell(df, "Random (control) top50 · ours", "L1") == 64.0
+    assert cell(df, "Random (control) bottom50 · ours", "L1") == 63.0
+    fig = T.build("fig3", [make_result("fig3", method="random", metric="random", top1=60.0, layers=(2,)),
+                           make_result("fig3", method="static", metric="none", top1=58.0, layers=(2,)),
+                           make_result("fig3", method="l2-attn", metric="l2", site="attn", top1=61.0, layers=(2,))])
+    assert list(fig.index) == ["l2-attn", "Random (control)", "Static (control)"]

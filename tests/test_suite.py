@@ -54,7 +54,7 @@ def test_every_group_option_composes(group):
         (["metric=none"], "static"),
         (["method=static"], "static"),
         (["method=attn_sdpa"], "attn+sdpa"),
-        (["experiment=table8", "compress.layers=[2]", "compress.keep=bottom"], "bottom50"),
+        (["experiment=table8", "compress.layers=[2]", "compress.keep=bottom"], "ours"),
         (["experiment=table5", "model=deit_b", "metric=attn", "attention=eager"], "attn"),
     ],
 )
@@ -203,7 +203,8 @@ def test_make_reproduce_table5_smoke(tmp_path):
     stdout, outputs = _make("reproduce-table5", tmp_path)
     assert "Table 5" in stdout and "deit_s · Acc" in stdout and "77.8" in stdout  # paper numbers beside ours
     assert "†" in stdout  # random weights / synthetic data are marked
-    assert len(results_under(outputs / "table5")) == 9
+    assert len(results_under(outputs / "table5")) == 15  # base, attn, ours + the static and random controls
+    assert "Static (control) · ours" in stdout and "Random (control) · ours" in stdout
     assert (outputs / "tables/table5.md").exists() and (outputs / "tables/table5.csv").exists()
 
 
@@ -215,8 +216,9 @@ def test_make_reproduce_table1_smoke(tmp_path):
 @pytest.mark.parametrize(
     "target,text",
     [
-        ("reproduce-table8", "top50"),
-        ("reproduce-fig3", "attn_cls"),
+        ("reproduce-table8", "Random (control) top50"),
+        ("reproduce-fig3", "Static (control)"),
+        pytest.param("reproduce-readings", "Table 8 gap", marks=pytest.mark.slow),
         pytest.param("reproduce-fig5", "l2", marks=pytest.mark.slow),  # 45 runs: `make test-slow`
     ],
 )

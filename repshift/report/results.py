@@ -166,8 +166,10 @@ class RunResult:
     experiment: Optional[str] = None
     metric: Optional[str] = None
     site: Optional[str] = None
+    reading: str = "literal"
     attention: Optional[str] = None
     layers: tuple[int, ...] = ()
+    ratio: Optional[float] = None
     keep: Optional[str] = None
     metrics: dict = field(default_factory=dict)  # the evaluator's named metrics
     throughput: Optional[float] = None
@@ -220,8 +222,10 @@ class RunResult:
             experiment=data.get("experiment"),
             metric=_name(data.get("metric")),
             site=_name(data.get("site")),
+            reading=data.get("reading") or "literal",
             attention=_name(data.get("attention")),
             layers=layers,
+            ratio=_number(compress.get("ratio")),
             keep=compress.get("keep"),
             metrics=dict(data.get("metrics") or {}),
             throughput=_number(throughput),

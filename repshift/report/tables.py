@@ -342,12 +342,22 @@ def _build_cls(spec: _ClsSpec, results: list[RunResult]) -> pd.DataFrame:
 T8_COLUMNS = ("L1", "L3", "L5", "L7", "L9", "L11")
 
 
+def _table8_selection(r: RunResult) -> str | None:
+    """``top50`` / ``bottom50`` for Ours (the paper's rows), ``random:top50`` ... for the control."""
+    if r.method in ("top50", "bottom50"):  # files written before Table 8 runs kept method=ours
+        return r.method
+    if r.method in ("ours", "random") and r.keep in ("top", "bottom"):
+        return f"{r.keep}50" if r.method == "ours" else f"{r.method}:{r.keep}50"
+    return None
+
+
 def _build_table8(results: list[RunResult]) -> pd.DataFrame:
     grid = _Grid()
     for r in results:
-        if r.method not in ("top50", "bottom50") or not r.layers:
+        selection = _table8_selection(r)
+        if selection is None or not r.layers:
             continue
-        grid.add(f"{r.model}{SEP}{r.method}", f"L{r.layers[0] + 1}", r.metric_value("top1"), r)
+        grid.add(f"{r.model}{SEP}{selection}", f"L{r.layers[0] + 1}", r.metric_value("top1"), r)
     values, winners, dups = grid.resolve()
     tainted = _tainted_rows(winners)
     present_cols = {k[1] for k in grid.cells}
@@ -355,7 +365,9 @@ def _build_table8(results: list[RunResult]) -> pd.DataFrame:
     cols = sorted(list(T8_COLUMNS) + extra_cols, key=lambda c: int(c[1:]))
     models = _order_present(["deit_s"], {k[0].split(SEP)[0] for k in grid.cells})
     records, index = [], []
-    notes = ["Layer labels count from 1 (paper): L{k} = pruning at 0-based block k−1. Δ = ours − paper."]
+    notes = ["Layer labels count from 1 (paper): L{k} = pruning at 0-based block k−1. Δ = ours − paper.",
+             "Random (control) rows, when present: seeded random scores, so its top and bottom halves are "
+             "complementary random halves (a control the paper does not report)."]
     for model in models:
         prefix = "" if model == "deit_s" and len(models) == 1 else f"{model} "
         for method in ("top50", "bottom50"):
@@ -380,6 +392,15 @@ def _build_table8(results: list[RunResult]) -> pd.DataFrame:
             for kind, rec in (("ours", ours), ("paper", paper), ("Δ", delta)):
                 records.append(rec)
                 index.append(f"{prefix}{method}{SEP}{kind}" + (mark if kind != "paper" else ""))
+        for method in ("top50", "bottom50"):  # the control's rows, when it ran
+            key = f"{model}{SEP}random:{method}"
+            values_of = {c: _nan(values.get((key, c))) for c in cols}
+            present = [c for c in cols if not math.isnan(values_of[c])]
+            if not present:
+                continue
+            values_of["Avg"] = sum(values_of[c] for c in present) / len(present)
+            records.append(values_of)
+            index.append(f"{prefix}{label_of('random')} {method}{SEP}ours" + (f" {DAGGER}" if key in tainted else ""))
     df = pd.DataFrame(records, index=pd.Index(index, name="selection"), columns=[*cols, "Avg"])
     won = list({id(r): r for r in winners.values()}.values())
     title = ("Table 8 — ImageNet-1k top-1 (%) keeping the top / bottom 50% of tokens by representation shift "
@@ -391,13 +412,15 @@ def _build_table8(results: list[RunResult]) -> pd.DataFrame:
 
 def _score_label(r: RunResult, fig: str) -> str:
     metric = r.metric or "?"
-    site = r.site
+    if metric in ("random", "none"):  # controls: the site plays no part
+        return label_of("random" if metric == "random" else "static")
     if fig == "fig3" and metric.startswith("attn"):
         return metric
-    return f"{metric}-{site}" if site else metric
+    label = f"{metric}-{r.site}" if r.site else metric
+    return label if r.reading == "literal" else f"{label}@{r.reading}"
 
 
-_METRIC_ORDER = ("attn_cls", "attn_mean", "l1", "l2", "cos")
+_METRIC_ORDER = ("attn_cls", "attn_mean", "l1", "l2", "cos", "Random (control)", "Static (control)")
 _SITE_ORDER = ("attn", "mlp", "block")
 
 
@@ -436,10 +459,64 @@ def _build_fig(fig: str, results: list[RunResult]) -> pd.DataFrame:
     won = list({id(r): r for r in [*winners.values(), *bwinners.values()]}.values())
     title = (f"Figure {fig[-1]} — top-1 (%) after pruning at one layer (0-based block index), {what}; "
              f"{_data_desc(won)}")
-    notes = ["The paper only plots this figure: no paper numbers to compare with."]
+    notes = ["The paper only plots this figure: no paper numbers to compare with. "
+             "Random / Static (control) rows, when present, are controls the paper does not plot."]
     if baseline:
         notes.append("Baseline without pruning: " + ", ".join(f"{m} {v:.2f}" for m, v in sorted(baseline.items())))
     return _finish(df, title, notes, dups + bdups, bool(tainted), extra={"baseline": baseline})
+
+
+# --------------------------------------------------------------------------- readings
+
+def _build_readings(results: list[RunResult]) -> pd.DataFrame:
+    """Top-1 at the DeiT schedule per reading of every metric × site, and the Table 8 gap per reading."""
+    schedule, gaps = _Grid(), _Grid()
+    for r in results:
+        if r.metric not in ("l1", "l2", "cos") or not r.layers:
+            continue
+        if len(r.layers) == 1 and r.keep in ("top", "bottom"):  # experiment=readings_table8
+            gaps.add(f"{r.model}{SEP}{r.metric}-{r.site}{SEP}{r.keep}", f"{r.reading}{SEP}L{r.layers[0] + 1}",
+                     r.metric_value("top1"), r)
+        else:
+            schedule.add(f"{r.model}{SEP}{r.metric}-{r.site}", r.reading, r.metric_value("top1"), r)
+    values, winners, dups = schedule.resolve()
+    gap_values, gap_winners, gap_dups = gaps.resolve()
+    readings = ("literal", "update", "normed")
+    records, index = [], []
+    for row in sorted(schedule.rows(), key=_score_sort_key):
+        model, score = row.split(SEP)
+        rec = {reading: _nan(values.get((row, reading))) for reading in readings}
+        rec["paper"] = paper_value("table5", model, "ours", "acc1", dataset="imagenet") \
+            if score == "l2-mlp" else math.nan
+        records.append(rec)
+        index.append(row)
+    for row in sorted({k[0].rsplit(SEP, 1)[0] for k in gap_values}):
+        rec = {}
+        for reading in readings:
+            per_layer = []
+            for (key, col), top in gap_values.items():
+                if key == f"{row}{SEP}top" and col.startswith(f"{reading}{SEP}"):
+                    bottom = gap_values.get((f"{row}{SEP}bottom", col))
+                    if bottom is not None:
+                        per_layer.append(top - bottom)
+            rec[reading] = sum(per_layer) / len(per_layer) if per_layer else math.nan
+        rec["paper"] = paper_value("table8", row.split(SEP)[0], "top50", "acc1", column="Avg") \
+            - paper_value("table8", row.split(SEP)[0], "bottom50", "acc1", column="Avg")
+        records.append(rec)
+        index.append(f"{row}{SEP}Table 8 gap (top − bottom 50 %)")
+    all_winners = {**winners, **gap_winners}
+    tainted = _tainted_rows(winners) | {k[0].rsplit(SEP, 1)[0] for k, r in gap_winners.items() if r.tainted}
+    index = [i + (f" {DAGGER}" if i.split(f"{SEP}Table 8")[0] in tainted else "") for i in index]
+    df = pd.DataFrame(records, index=pd.Index(index, name=f"model{SEP}score"),
+                      columns=[*readings, "paper"])
+    won = list({id(r): r for r in all_winners.values()}.values())
+    title = ("Readings of D(F(x), x) — top-1 (%) at the DeiT schedule (20 % after blocks 0, 3, 6) per reading; "
+             f"gap rows: mean top-50 % minus bottom-50 % top-1 over the pruned layer (Table 8); {_data_desc(won)}")
+    notes = ["literal = D(g(F(N(x))), x) (Eqs. 4-6 as written), update = D(x + g(F(N(x))), x), "
+             "normed = D(F(N(x)), N(x)); for site=block all three are D(x̂, x). The paper column is Table 5's Ours "
+             "(l2-mlp rows) or Table 8's Avg gap: the reading that reaches it with the real weights is the one the "
+             "paper ran."]
+    return _finish(df, title, notes, dups + gap_dups, bool(tainted))
 
 
 # --------------------------------------------------------------------------- demo
@@ -455,14 +532,16 @@ def _build_demo(results: list[RunResult]) -> pd.DataFrame:
             grid.add(r.method, label, QUANTITY_GETTERS[q](r), r)
     values, winners, dups = grid.resolve()
     tainted = _tainted_rows(winners)
-    rows = _order_present([m for m in ("base", "attn", "ours", "attn+sdpa") if m in grid.rows()], grid.rows())
+    rows = _order_present([m for m in ("base", "attn", "ours", "attn+sdpa", "static", "random") if m in grid.rows()],
+                          grid.rows())
     records = [{label: _nan(values.get((row, label))) for _, label in DEMO_COLUMNS} for row in rows]
     index = [row + (f" {DAGGER}" if row in tainted else "") for row in rows]
     df = pd.DataFrame(records, index=pd.Index(index, name="method"), columns=[c for _, c in DEMO_COLUMNS])
     won = list({id(r): r for r in winners.values()}.values())
     title = (f"Demo — ShapeBench, tiny ViT trained here (not ImageNet): top-1 / top-5 (%), "
              f"throughput ({_bench_desc(won)}), GMACs, final token count; {_data_desc(won)}")
-    notes = ["No paper columns: ShapeBench is our own synthetic benchmark."]
+    notes = ["No paper columns: ShapeBench is our own synthetic benchmark. static (keep the first tokens) and "
+             "random (seeded scores) are controls the paper does not report."]
     # The demo is synthetic by design: the dagger is still shown so nobody mistakes it for ImageNet.
     return _finish(df, title, notes, dups, bool(tainted))
 
@@ -476,6 +555,7 @@ BUILDERS: dict[str, Callable[[list[RunResult]], pd.DataFrame]] = {
     "table8": _build_table8,
     "fig3": lambda results: _build_fig("fig3", results),
     "fig5": lambda results: _build_fig("fig5", results),
+    "readings": _build_readings,
     "demo": _build_demo,
 }
 
