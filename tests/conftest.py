@@ -37,6 +37,35 @@ def tiny_vit(**kwargs) -> timm.models.vision_transformer.VisionTransformer:
     return timm.models.vision_transformer.VisionTransformer(**args).eval()
 
 
+def vit_block_tensors(model, images) -> list[dict]:
+    """Per block of a timm ViT, every tensor of ``x' = x + ls1(attn(norm1(x)))``, ``x̂ = x' + ls2(mlp(norm2(x')))``,
+    computed from timm's own submodules: ``x, n1, a_raw, a, x_mid, n2, m_raw, m, x_out``."""
+    x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
+    out = []
+    for block in model.blocks:
+        n1 = block.norm1(x)
+        a_raw = block.attn(n1)
+        a = block.ls1(a_raw)
+        x_mid = x + a
+        n2 = block.norm2(x_mid)
+        m_raw = block.mlp(n2)
+        m = block.ls2(m_raw)
+        x_out = x_mid + m
+        out.append(dict(x=x, n1=n1, a_raw=a_raw, a=a, x_mid=x_mid, n2=n2, m_raw=m_raw, m=m, x_out=x_out))
+        x = x_out
+    return out
+
+
+def distance_by_hand(after, before, metric: str):
+    """The L2 / L1 / cosine distance per token, written out."""
+    diff = after - before
+    if metric == "l2":
+        return (diff**2).sum(-1).sqrt()
+    if metric == "l1":
+        return diff.abs().sum(-1)
+    return 1 - (after * before).sum(-1) / (after.norm(dim=-1) * before.norm(dim=-1))
+
+
 def compose_run(overrides: list[str], return_hydra_config: bool = False):
     """``configs/run.yaml`` composed with ``overrides``, as ``python -m repshift.run`` would see it."""
     GlobalHydra.instance().clear()

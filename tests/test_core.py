@@ -11,6 +11,7 @@ from repshift import scores
 from repshift.attention import attend_with_map, record_kernels
 from repshift.bench import count_gmacs
 from repshift.select import drop_count, gather_tokens, keep_indices, protected_mask
+from conftest import distance_by_hand, tiny_vit, vit_block_tensors
 
 DEIT_S_SCHEDULE = dict(metric="l2", site="mlp", layers=(0, 3, 6), ratio=0.2)
 
@@ -18,14 +19,6 @@ DEIT_S_SCHEDULE = dict(metric="l2", site="mlp", layers=(0, 3, 6), ratio=0.2)
 def make(name="deit_tiny_patch16_224", **kwargs):
     torch.manual_seed(0)
     return timm.create_model(name, pretrained=False, **kwargs).eval()
-
-
-def tiny_vit(**kwargs):
-    """A 32x32 ViT with 4 patches: cheap enough to check by hand."""
-    torch.manual_seed(0)
-    args = dict(img_size=32, patch_size=16, embed_dim=16, depth=3, num_heads=2, num_classes=5)
-    args.update(kwargs)
-    return timm.models.vision_transformer.VisionTransformer(**args).eval()
 
 
 @pytest.fixture(scope="module")
@@ -120,29 +113,6 @@ def test_attention_map_by_hand():
     assert torch.allclose(out.flatten(), expected[:2])
 
 
-def _manual_block_tensors(model, images):
-    """x, A(x), x', M(x'), x̂ for every block, computed from timm's own submodules."""
-    x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
-    tensors = []
-    for block in model.blocks:
-        a = block.ls1(block.attn(block.norm1(x)))
-        x_mid = x + a
-        m = block.ls2(block.mlp(block.norm2(x_mid)))
-        x_out = x_mid + m
-        tensors.append((x, a, x_mid, m, x_out))
-        x = x_out
-    return tensors
-
-
-def _distance(after, before, metric):
-    diff = after - before
-    if metric == "l2":
-        return (diff**2).sum(-1).sqrt()
-    if metric == "l1":
-        return diff.abs().sum(-1)
-    return 1 - (after * before).sum(-1) / (after.norm(dim=-1) * before.norm(dim=-1))
-
-
 @pytest.mark.parametrize("metric", ["l2", "l1", "cos"])
 @pytest.mark.parametrize("site", ["attn", "mlp", "block"])
 @torch.no_grad()
@@ -151,9 +121,9 @@ def test_representation_shift_sites_by_hand(metric, site):
     images = torch.randn(2, 3, 32, 32)
     got = repshift.representation_shift(model, images, metric=metric, site=site)
     assert got.shape == (2, 3, 5)
-    for layer, (x, a, x_mid, m, x_out) in enumerate(_manual_block_tensors(model, images)):
-        after, before = {"attn": (a, x), "mlp": (m, x_mid), "block": (x_out, x)}[site]
-        assert torch.allclose(got[:, layer], _distance(after, before, metric), atol=1e-5)
+    for layer, t in enumerate(vit_block_tensors(model, images)):
+        after, before = {"attn": ("a", "x"), "mlp": ("m", "x_mid"), "block": ("x_out", "x")}[site]
+        assert torch.allclose(got[:, layer], distance_by_hand(t[after], t[before], metric), atol=1e-5)
 
 
 @torch.no_grad()
@@ -161,7 +131,7 @@ def test_attention_scores_match_the_block_maps():
     model = tiny_vit()
     images = torch.randn(2, 3, 32, 32)
     maps = []
-    for x, *_ in _manual_block_tensors(model, images):
+    for x in (t["x"] for t in vit_block_tensors(model, images)):
         attn = model.blocks[len(maps)].attn
         qkv = attn.qkv(model.blocks[len(maps)].norm1(x)).reshape(2, 5, 3, 2, 8).permute(2, 0, 3, 1, 4)
         q, k, _ = qkv.unbind(0)

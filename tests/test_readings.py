@@ -10,34 +10,7 @@ import pytest
 import torch
 
 import repshift
-from conftest import tiny_vit
-
-
-def _branches(model, images):
-    """Per block: every tensor the readings use, from timm's own submodules."""
-    x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
-    out = []
-    for block in model.blocks:
-        n1 = block.norm1(x)
-        a_raw = block.attn(n1)
-        a = block.ls1(a_raw)
-        x_mid = x + a
-        n2 = block.norm2(x_mid)
-        m_raw = block.mlp(n2)
-        m = block.ls2(m_raw)
-        x_out = x_mid + m
-        out.append(dict(x=x, n1=n1, a_raw=a_raw, a=a, x_mid=x_mid, n2=n2, m_raw=m_raw, m=m, x_out=x_out))
-        x = x_out
-    return out
-
-
-def _distance(after, before, metric):
-    diff = after - before
-    if metric == "l2":
-        return (diff**2).sum(-1).sqrt()
-    if metric == "l1":
-        return diff.abs().sum(-1)
-    return 1 - (after * before).sum(-1) / (after.norm(dim=-1) * before.norm(dim=-1))
+from conftest import distance_by_hand, tiny_vit, vit_block_tensors
 
 
 PAIRS = {
@@ -55,8 +28,8 @@ def test_each_reading_by_hand(metric, site, reading):
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     got = repshift.representation_shift(model, images, metric=metric, site=site, reading=reading)
     after, before = PAIRS[(site, reading)]
-    for layer, t in enumerate(_branches(model, images)):
-        assert torch.allclose(got[:, layer], _distance(t[after], t[before], metric), atol=1e-5)
+    for layer, t in enumerate(vit_block_tensors(model, images)):
+        assert torch.allclose(got[:, layer], distance_by_hand(t[after], t[before], metric), atol=1e-5)
 
 
 @torch.no_grad()
@@ -64,7 +37,7 @@ def test_update_reading_is_the_norm_of_the_mlp_update():
     model = tiny_vit(init_values=0.5)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     got = repshift.representation_shift(model, images, metric="l2", site="mlp", reading="update")
-    for layer, (t, block) in enumerate(zip(_branches(model, images), model.blocks)):
+    for layer, (t, block) in enumerate(zip(vit_block_tensors(model, images), model.blocks)):
         assert torch.allclose(got[:, layer], block.ls2(block.mlp(block.norm2(t["x_mid"]))).norm(dim=-1), atol=1e-5)
 
 
