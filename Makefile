@@ -6,10 +6,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # Reproduction knobs: DATA=/datasets (holds imagenet/val/...), LAUNCHER=basic|submitit_local|slurm,
 # SMOKE=1 runs the same sweep on random weights + synthetic data in outputs/smoke (seconds, no download).
+# DETACH=1 (with LAUNCHER=slurm) queues the sweep and returns; `make status EXP=<experiment>` follows it.
 DATA     ?=
 LAUNCHER ?= basic
 SMOKE    ?= 0
+DETACH   ?= 0
 ARGS     ?=
+EXP      ?=
 
 ifeq ($(SMOKE),1)
 OUTPUTS := outputs/smoke
@@ -19,12 +22,21 @@ OUTPUTS := outputs
 RUN_ARGS :=
 endif
 RUN_ARGS += hydra/launcher=$(LAUNCHER) $(if $(DATA),paths.data_dir=$(DATA)) $(ARGS)
+ifeq ($(DETACH),1)
+ifneq ($(LAUNCHER),slurm)
+$(error DETACH=1 needs LAUNCHER=slurm: only a cluster keeps running the sweep after make returns)
+endif
+RUN_ARGS += hydra.launcher.detach=true
+endif
+# The report of a table; a detached sweep has no results yet, so it says how to make it later.
+report = $(if $(filter 1,$(DETACH)),@echo "queued: follow with 'make status EXP=$(1)$(if $(filter 1,$(SMOKE)), SMOKE=1)'; \
+	when every run is done: $(PY) -m repshift.report table=$(1) results=$(OUTPUTS)",$(PY) -m repshift.report table=$(1) results=$(OUTPUTS))
 
-.PHONY: help install test test-slow bench demo data-shapebench clean \
-	reproduce-table1 reproduce-table5 reproduce-table8 reproduce-fig3 reproduce-fig5
+.PHONY: help install test test-slow test-cluster status bench demo data-shapebench clean \
+	reproduce-table1 reproduce-table5 reproduce-table8 reproduce-fig3 reproduce-fig5 reproduce-readings
 
 help:  ## list targets
-	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +52,17 @@ test: install  ## run the test suite (CPU, ~10 min on 2 cores)
 test-slow: install  ## run the slow end-to-end tests kept out of `make test`
 	$(PY) -m pytest -m slow
 
+test-cluster: install  ## SLURM tests on a one-node cluster started here (needs root + apt; says why and skips otherwise)
+	@session=$$(mktemp); scripts/slurm/cluster.sh up --session $$session; rc=$$?; \
+	if [ $$rc -eq 77 ]; then rm -f $$session; echo "test-cluster: SKIPPED, no SLURM cluster (reason above)"; exit 0; fi; \
+	if [ $$rc -ne 0 ]; then scripts/slurm/cluster.sh down --session $$session; exit $$rc; fi; \
+	REPSHIFT_CLUSTER_TESTS=1 $(PY) -m pytest tests/cluster -p no:cacheprovider; rc=$$?; \
+	scripts/slurm/cluster.sh down --session $$session; exit $$rc
+
+status: install  ## one table of a sweep's runs (done/running/failed/missing): make status EXP=table5 [SMOKE=1]
+	@test -n "$(EXP)" || { echo "usage: make status EXP=<experiment> [SMOKE=1]; sweeps in $(OUTPUTS): $$(ls $(OUTPUTS) 2>/dev/null | tr '\n' ' ')"; exit 2; }
+	$(PY) -m repshift.status $(OUTPUTS)/$(EXP)
+
 bench: install  ## throughput of base / pruned / static / attn DeiT-S (CPU; add ARGS="--device cuda" on a GPU)
 	$(PY) scripts/bench_patch.py $(ARGS)
 
@@ -51,23 +74,32 @@ demo: install  ## ShapeBench end to end: data, tiny ViT training, Base/Attn/Ours
 
 reproduce-table1: install  ## Table 1: FlashAttention vs self-attention (DeiT-S)
 	$(PY) -m repshift.run -m experiment=table1 $(RUN_ARGS)
-	$(PY) -m repshift.report table=table1 results=$(OUTPUTS)
+	$(call report,table1)
 
 reproduce-table5: install  ## Table 5: DeiT-T/S/B Base vs Attn vs Ours on ImageNet-1k
 	$(PY) -m repshift.run -m experiment=table5 $(RUN_ARGS)
-	$(PY) -m repshift.report table=table5 results=$(OUTPUTS)
+	$(call report,table5)
 
 reproduce-table8: install  ## Table 8: keep top vs bottom 50 % by representation shift (DeiT-S)
 	$(PY) -m repshift.run -m experiment=table8 $(RUN_ARGS)
-	$(PY) -m repshift.report table=table8 results=$(OUTPUTS)
+	$(call report,table8)
 
 reproduce-fig3: install  ## Figure 3: attention scores vs representation shift, per pruned layer
 	$(PY) -m repshift.run -m experiment=fig3 $(RUN_ARGS)
-	$(PY) -m repshift.report table=fig3 results=$(OUTPUTS)
+	$(call report,fig3)
 
-reproduce-fig5: install  ## Figure 5: operation (attn/mlp/block) x distance (l1/l2/cos), per pruned layer
+reproduce-fig5: install  ## Figure 5: operation (attn/mlp/block) x distance (l1/l2/cos), per pruned layer (+ controls)
 	$(PY) -m repshift.run -m experiment=fig5 $(RUN_ARGS)
-	$(PY) -m repshift.report table=fig5 results=$(OUTPUTS)
+	$(PY) -m repshift.run -m experiment=fig5 metric=random,none site=mlp $(RUN_ARGS)
+	$(call report,fig5)
+
+reproduce-readings: install  ## which reading of D(F(x), x) reproduces the paper: DeiT-T/S/B x l1/l2/cos x attn/mlp/block x 3 readings
+	$(PY) -m repshift.run -m experiment=readings $(RUN_ARGS)
+	$(PY) -m repshift.run -m experiment=readings_table8 $(RUN_ARGS)
+	$(call report,readings)
 
 clean:  ## remove smoke outputs and caches (keeps data/ and real results)
 	rm -rf outputs/smoke data/shapebench-smoke .pytest_cache
+
+# Each model family's reproduce-* targets (video, ResNet, ViM) live in a file of their own.
+include $(wildcard mk/*.mk)

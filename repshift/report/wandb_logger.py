@@ -5,15 +5,21 @@ Mode resolution for :class:`WandbLogger`: the ``mode`` argument when given, else
 never the silent default. Each :meth:`WandbLogger.start` finishes any run still open in
 the process (``reinit="finish_previous"``), so sequential Hydra multirun jobs each get a
 run of their own.
+
+A run logged with a ``dir`` (the Hydra run folder) gets an id derived from that folder and
+``resume="allow"``: a job that SLURM requeues, or a relaunch of a sweep, continues the same W&B
+run instead of starting a duplicate (offline, each attempt is one ``offline-run-*-<id>`` folder,
+and ``wandb sync`` merges them into one run).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-__all__ = ["WandbLogger", "NullLogger", "resolve_mode"]
+__all__ = ["WandbLogger", "NullLogger", "resolve_mode", "run_id_for"]
 
 VALID_MODES = ("online", "offline", "disabled", "shared")
 
@@ -28,6 +34,11 @@ def resolve_mode(mode: str | None = None) -> str:
     if mode not in VALID_MODES:
         raise ValueError(f"unknown W&B mode {mode!r}; use one of {', '.join(VALID_MODES)}")
     return mode
+
+
+def run_id_for(folder: str | os.PathLike) -> str:
+    """A W&B run id that is the same for every attempt of the run writing to ``folder``."""
+    return hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:20]
 
 
 class NullLogger:
@@ -62,12 +73,15 @@ class WandbLogger:
     """Thin wrapper over one ``wandb`` run.
 
     ``dir`` is where W&B writes its ``wandb/`` folder (the Hydra run folder); it is
-    created when missing.
+    created when missing. ``id`` defaults to :func:`run_id_for` ``(dir)`` when ``dir`` is given
+    (else W&B draws one); ``resume`` is passed to ``wandb.init`` ("allow": continue the run with
+    this id if it exists, else start it).
     """
 
     def __init__(self, project: str = "repshift", entity: str | None = None, mode: str | None = None,
                  group: str | None = None, name: str | None = None, tags: Iterable[str] = (),
-                 dir: str | os.PathLike | None = None) -> None:  # noqa: A002 - mirrors wandb.init
+                 dir: str | os.PathLike | None = None, id: str | None = None,  # noqa: A002 - mirror wandb.init
+                 resume: str | None = "allow") -> None:
         self.project = project
         self.entity = entity
         self.requested_mode = mode
@@ -75,6 +89,8 @@ class WandbLogger:
         self.name = name
         self.tags = [str(t) for t in (tags or ())]
         self.dir = Path(dir) if dir is not None else None
+        self.id = id or (run_id_for(self.dir) if self.dir is not None else None)
+        self.resume = resume if self.id else None
         self.mode: str | None = None
         self.run = None
 
@@ -94,6 +110,8 @@ class WandbLogger:
             config=dict(config) if config is not None else None,
             mode=self.mode,
             reinit="finish_previous",
+            id=self.id,
+            resume=self.resume,
         )
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)

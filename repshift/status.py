@@ -1,0 +1,153 @@
+"""One table of a sweep's runs: done / running / failed / missing.
+
+    python -m repshift.status outputs/table5            (or: make status EXP=table5)
+    python -m repshift.status outputs/smoke/table5 --json
+
+A run is a folder of the sweep holding ``.hydra/`` or ``result.json``, or a run recorded in
+``<sweep dir>/.submissions/*.json`` by the SLURM launcher (:mod:`repshift.launchers`). Its state:
+
+- ``done``: ``result.json`` exists;
+- ``running``: its latest SLURM job is pending, running or requeued;
+- ``failed``: its job ended without a result (FAILED, CANCELLED, TIMEOUT, ...), or its folder has no
+  result and no live job (a local run that stopped); the log path says where to look;
+- ``missing``: submitted, but neither a folder nor a job SLURM still knows about.
+
+Job id, SLURM state and wall time come from ``sacct`` where SLURM is present (``squeue`` when
+accounting is off); without SLURM the wall time is the time from the run's config to its result.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+from repshift.report.results import RESULT_NAME, is_finished
+
+__all__ = ["ACTIVE_STATES", "slurm_states", "sweep_status", "main"]
+
+# SLURM states of a job that may still write its result
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
+                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+ORDER = {"failed": 0, "missing": 1, "running": 2, "done": 3}
+
+
+def _expand(job_id: str) -> list[str]:
+    """'12_[1,3-5%2]' -> ['12_1', '12_3', '12_4', '12_5'] (pending array tasks); other ids as they are."""
+    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not match:
+        return [job_id]
+    array, spec = match.group(1), match.group(2).split("%")[0]
+    tasks = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        tasks += range(int(first), int(last or first) + 1)
+    return [f"{array}_{t}" for t in tasks]
+
+
+def _query(command: list[str]) -> list[list[str]] | None:
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, dict]:
+    """{job id: {"state", "elapsed"}} for the given jobs (``123`` or array tasks ``123_4``), from sacct,
+    else squeue; empty without SLURM. Jobs SLURM no longer knows are left out."""
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    rows = None
+    if shutil.which("sacct"):
+        rows = _query(["sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", "JobID,State,Elapsed"])
+    if rows is None:  # accounting disabled: squeue knows jobs for MinJobAge after they end
+        rows = _query(["squeue", "-h", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T|%M"])
+    states: dict[str, dict] = {}
+    for row in rows or []:
+        if len(row) < 3:
+            continue
+        for job_id in _expand(row[0]):
+            states[job_id] = {"state": row[1].split()[0] if row[1] else "UNKNOWN", "elapsed": row[2]}
+    return {j: states[j] for j in job_ids if j in states}
+
+
+def _local_wall(run_dir: Path) -> str | None:
+    config, result = run_dir / ".hydra" / "config.yaml", run_dir / RESULT_NAME
+    if not (config.exists() and result.exists()):
+        return None
+    minutes, seconds = divmod(round(max(0.0, result.stat().st_mtime - config.stat().st_mtime)), 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:{seconds:02d}"  # as sacct's Elapsed
+
+
+def sweep_status(sweep_dir: str | Path) -> list[dict]:
+    """One dict per run: run, status, job, slurm_state, wall, log."""
+    from repshift.launchers import read_submissions  # the launcher imports this module too
+
+    sweep_dir = Path(sweep_dir).absolute()
+    submitted = read_submissions(sweep_dir)
+    folders = {str(p.parent.absolute()) for marker in (".hydra", RESULT_NAME) for p in sweep_dir.glob(f"*/{marker}")
+               if not p.parent.name.startswith(".")}
+    states = slurm_states([run["job_id"] for run in submitted.values()])
+    rows = []
+    for run_dir in sorted(folders | set(submitted)):
+        path = Path(run_dir)
+        record = submitted.get(run_dir)
+        job_id = record["job_id"] if record else None
+        slurm = states.get(job_id, {}) if job_id else {}
+        state = slurm.get("state")
+        if is_finished(path):
+            status, log_path = "done", None
+        elif state in ACTIVE_STATES:
+            status, log_path = "running", None
+        elif state is not None or path.exists():
+            status = "failed"
+            log_path = record["stderr"] if record else str(path / "run.log")
+        else:
+            status, log_path = "missing", record["stderr"] if record else None
+        wall = slurm.get("elapsed") or (_local_wall(path) if status == "done" else None)
+        rows.append({"run": _relative(path, sweep_dir), "status": status, "job": job_id, "slurm_state": state,
+                     "wall": wall, "log": log_path})
+    rows.sort(key=lambda r: (ORDER[r["status"]], r["run"]))
+    return rows
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m repshift.status", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="a sweep's folder, e.g. outputs/table5 or outputs/smoke/table5")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args(argv)
+    sweep_dir = Path(args.sweep_dir)
+    if not sweep_dir.is_dir():
+        print(f"{sweep_dir}: no such sweep folder", file=sys.stderr)
+        return 2
+    rows = sweep_status(sweep_dir)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    counts = {s: sum(r["status"] == s for r in rows) for s in ORDER}
+    print(f"{sweep_dir}: {len(rows)} run{'s' * (len(rows) != 1)}: " + ", ".join(f"{counts[s]} {s}" for s in ("done", "running", "failed", "missing")))
+    if rows:
+        table = [[r["status"], r["run"], r["job"] or "-", r["slurm_state"] or "-", r["wall"] or "-", r["log"] or ""]
+                 for r in rows]
+        print(tabulate(table, headers=["status", "run", "job", "slurm", "wall", "log (failed runs)"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
