@@ -11,6 +11,14 @@ pruned token counts are what is counted. The counted forward runs attention thro
 path, whose two matmuls the counter sees in every torch release: fused kernels are counted (or
 not) depending on the release and the device (torch 2.14 has no formula for the CPU flash
 kernel), so counting them would make the figure depend on which kernel ran.
+
+Operators the counter cannot see are counted explicitly: the selective scans of a Mamba host
+(element-wise work on the PyTorch path, an opaque kernel on CUDA) add
+:func:`repshift.ops.scan_macs` = ``batch · length · d_inner · (4·d_state + 3)`` per scan and
+direction, as tallied by :func:`repshift.ops.tally_macs` during the counted forward. A model with
+a ``scan_backend`` attribute is counted on its PyTorch path (``"torch"``), whose causal
+convolutions the counter sees as ``conv1d`` (a CUDA kernel's would be invisible to it), so the
+figure is the same on every device. For models without scans the tally is 0 and nothing changes.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from repshift.attention import record_kernels
+from repshift.ops import tally_macs
 from repshift.patch import is_patched
 
 AMP_DTYPES = {None: None, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -51,19 +60,36 @@ def _countable_attention(model):
             state.attention = "flash_attn"
 
 
+@contextlib.contextmanager
+def _countable_scans(model):
+    """Scans and causal convolutions on the PyTorch path, whose convolutions the FLOP counter sees."""
+    backend = getattr(model, "scan_backend", None)
+    if backend is not None:
+        model.scan_backend = "torch"
+    try:
+        yield
+    finally:
+        if backend is not None:
+            model.scan_backend = backend
+
+
 @torch.no_grad()
 def count_gmacs(model, input_size=(3, 224, 224), device=None) -> float:
-    """Multiply-accumulates (in G) of one forward of a single sample of shape ``input_size``."""
+    """Multiply-accumulates (in G) of one forward of a single sample of shape ``input_size``.
+
+    What the FLOP counter sees (halved), plus the selective scans' MACs tallied explicitly.
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     sample = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
     try:
-        with _countable_attention(model), FlopCounterMode(display=False) as counter:
+        with (_countable_attention(model), _countable_scans(model), tally_macs() as explicit,
+              FlopCounterMode(display=False) as counter):
             model(sample)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() / 2 / 1e9
+    return (counter.get_total_flops() / 2 + explicit.scan) / 1e9
 
 
 def cpu_name() -> str:

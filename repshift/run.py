@@ -58,6 +58,8 @@ def method_name(cfg: DictConfig) -> str:
         return "random"
     if metric == "none":
         return "static"
+    if metric == "top_vim":
+        return "top-vim"
     return "ours" if (metric, cfg.site.name) == ("l2", "mlp") else f"{metric}-{cfg.site.name}"
 
 
@@ -143,13 +145,7 @@ def execute(cfg: DictConfig, todo: list[str], device: torch.device, rank: int, w
     """Build, load weights, compress, then train / evaluate / bench as asked; returns the result fields."""
     if "train" in todo:
         tasks.check_train_output(cfg)
-    model, weights = build_model(
-        cfg.model.name,
-        pretrained=cfg.model.pretrained,
-        checkpoint=cfg.model.checkpoint,
-        kwargs=OmegaConf.to_container(cfg.model.kwargs),
-        unsafe_full_unpickle=cfg.model.unsafe_full_unpickle,
-    )
+    model, weights = build_model(OmegaConf.to_container(cfg.model, resolve=True))
     model.to(device).eval()
     evaluator = tasks.evaluator_of(cfg, model) if "evaluate" in todo else None
     compress_model(model, cfg)

@@ -13,7 +13,9 @@ from torch import Tensor
 SHIFT_METRICS = ("l2", "l1", "cos")
 ATTENTION_METRICS = ("attn", "attn_cls", "attn_mean")
 CONTROL_METRICS = ("random", "none")
-METRICS = SHIFT_METRICS + ATTENTION_METRICS + CONTROL_METRICS
+# Baselines that belong to one host family (computed by that family's adapter from its own tensors).
+HOST_METRICS = ("top_vim",)
+METRICS = SHIFT_METRICS + ATTENTION_METRICS + CONTROL_METRICS + HOST_METRICS
 SITES = ("attn", "mlp", "block")
 
 
@@ -54,3 +56,14 @@ def random_scores(batch: int, tokens: int, *, seed: int, layer: int, device=None
     """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + layer)
     return torch.rand(tokens, generator=generator).to(device).expand(batch, tokens)
+
+
+def top_vim(backward_output: Tensor) -> Tensor:
+    """ToP-ViM's token score as its released code computes it: ``[B, C, N] -> [B, N]``.
+
+    ``backward_output`` is a bidirectional Mamba mixer's backward-direction output before
+    ``out_proj``, in the order the backward scan runs (its index 0 is the *last* token); the
+    score is its sum over channels, with no clamp. Like the released code, the sum is **not**
+    flipped back, so the score at index ``t`` comes from token ``N - 1 - t`` (docs/vim.md).
+    """
+    return backward_output.float().sum(dim=1)

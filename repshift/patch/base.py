@@ -75,6 +75,9 @@ class PruneState:
     attention: str
     seed: int
     keep: str
+    # How a scheduled unit drops tokens: "sequence" (token sequences: ViTs, UMT, ViM) or, on 2-D
+    # feature maps (ResNet), "line" (whole rows and columns) / "token" (the weakest of every row, then column).
+    mode: str = "sequence"
     # Filled during every forward:
     tokens: list[int] = field(default_factory=list)  # tokens entering each unit
     book: dict[str, Tensor] = field(default_factory=dict)  # per-token records [B, N], gathered with the tokens
@@ -162,7 +165,9 @@ def score_tokens(
         return scores.mean_attention(attn_map)
     if state.metric == "random":
         return scores.random_scores(like.shape[0], like.shape[1], seed=state.seed, layer=layer, device=like.device)
-    return None
+    if state.metric == "none":
+        return None
+    raise ValueError(f"metric {state.metric!r} is not available for {state.family} models")
 
 
 class Adapter:

@@ -22,6 +22,9 @@ _LAZY = {
     "NullLogger": "repshift.report.wandb_logger",
     "save_score_maps": "repshift.report.figures",
     "plot_layer_curves": "repshift.report.figures",
+    "save_figure": "repshift.report.figures",
+    "layer_figure": "repshift.report.figures",
+    "make_layer_figures": "repshift.report.figures",
 }
 
 __all__ = ["write_result", "read_result", "collect", "load_results", "RunResult", "is_finished", "environment", *_LAZY]

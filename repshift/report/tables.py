@@ -323,8 +323,9 @@ def _build_cls(spec: _ClsSpec, results: list[RunResult]) -> pd.DataFrame:
             index.append(row + (f" {DAGGER}" if row in tainted else ""))
     df = pd.DataFrame(records, index=pd.Index(index, name=f"model{SEP}quantity"))
     won = list({id(r): r for r in winners.values()}.values())
+    counted = "the selective scans" if spec.table == "table7" else "attention matmuls"
     title = (f"{spec.number} — ImageNet-1k top-1 (%), throughput ({_bench_desc(won)}), "
-             f"GFLOPs = GMACs incl. attention matmuls; {_data_desc(won)}")
+             f"GFLOPs = GMACs incl. {counted}; {_data_desc(won)}")
     notes = ["Δ = ours − paper. Paper throughput: NVIDIA RTX A6000, batch 512 (Table 5)."]
     if spec.table == "table5":
         notes.append("Attn = eager attention + class-attention scores (the paper's baseline); "

@@ -1,0 +1,257 @@
+"""Figures of `make figures`: per-layer accuracy plots (Figs. 3 / 5, readings), score maps (Figs. 4 / 6).
+
+The plots are drawn from result files this test writes; the maps run the SMOKE code path (the tiny
+random ViT of configs/model/tiny.yaml with 12 blocks, on the SMOKE ShapeBench images) and their values
+are checked against direct calls of repshift.representation_shift / repshift.attention_scores.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import repshift
+from repshift.report import figures, maps
+from repshift.report.__main__ import main as report_main
+from repshift.report.results import SCHEMA, load_results, write_result
+from repshift.report.tables import paper_value
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def result(experiment, metric, site, top1, layers, *, real=True, keep="top", reading="literal", method=None):
+    return {
+        "schema": SCHEMA, "experiment": experiment, "reading": reading,
+        "method": {"name": method or f"{metric}-{site}", "label": method or f"{metric}-{site}"},
+        "model": {"name": "deit_s", "arch": "deit_small_patch16_224", "family": "timm-vit"},
+        "metric": metric, "site": site, "attention": "sdpa",
+        "compress": {"layers": list(layers), "ratio": None, "num": 40, "keep": keep},
+        "dataset": {"name": "imagenet", "root": "/data/imagenet", "synthetic": False, "n": 50000},
+        "weights": {"real": real, "source": "hub" if real else "random-init"},
+        "metrics": {"top1": top1, "top5": 90.0, "n": 50000, "skipped": 0},
+        "env": {"device": "NVIDIA H200", "git_commit": "0123456789abcdef"},
+    }
+
+
+@pytest.fixture
+def results_root(tmp_path):
+    """fig3 (block 4 of l2-attn from random weights), fig5 (every metric x site + a control), readings."""
+    root = tmp_path / "outputs"
+    n = 0
+
+    def put(r):
+        nonlocal n
+        n += 1
+        write_result(root / r["experiment"] / f"run{n}", r)
+
+    for block in (0, 2, 4):
+        put(result("fig3", "attn_cls", "attn", 70.0 + block, [block]))
+        put(result("fig3", "l2", "attn", 60.0 + block, [block], real=block != 4))
+    put(result("fig3", "l2", "mlp", 79.8, [], method="base"))
+    for metric in ("l1", "l2", "cos"):
+        for site in ("attn", "mlp", "block"):
+            for block in (0, 2):
+                put(result("fig5", metric, site, 50.0 + block + len(metric) + len(site), [block]))
+    put(result("fig5", "random", "mlp", 40.0, [0], method="random"))
+    for reading in ("literal", "update"):
+        for keep in ("top", "bottom"):
+            for block in (0, 2):
+                put(result("readings", "l2", "mlp", (75.0 if keep == "top" else 50.0) + block, [block],
+                           keep=keep, reading=reading))
+        put(result("readings", "l2", "mlp", 77.0, [0, 3, 6], reading=reading))  # schedule run: not a point
+    return root
+
+
+def lines_by_label(ax):
+    return {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def test_layer_figures_written_as_png_and_pdf(results_root, tmp_path, capsys):
+    out = tmp_path / "figures"
+    assert report_main(["figures", f"results={results_root}", f"out={out}", "logger=none"]) == 0
+    printed = capsys.readouterr()
+    for name in ("fig3", "fig5", "readings"):
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+        assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+        assert f"{name}: wrote" in printed.out
+    assert "fig1: nothing under" in printed.err and "fig7: nothing under" in printed.err
+
+
+def test_fig3_panels_values_and_marks(results_root):
+    fig = figures.layer_figure("fig3", load_results(results_root / "fig3"))
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    assert ax.get_title() == "deit_s"
+    lines = lines_by_label(ax)
+    assert set(lines) == {"attn_cls", "l2-attn †", "no pruning"}
+    assert list(lines["attn_cls"].get_xdata()) == [0, 2, 4]
+    assert list(lines["attn_cls"].get_ydata()) == [70.0, 72.0, 74.0]
+    assert list(lines["no pruning"].get_ydata()) == [79.8, 79.8]
+    # the random-weight point (l2-attn at block 4) is hollow, the others filled
+    colour = lines["l2-attn †"].get_color()
+    markers = [line for line in ax.get_lines() if line.get_marker() == "o" and line.get_color() == colour]
+    hollow = {float(m.get_xdata()[0]) for m in markers if m.get_markerfacecolor() == "none"}
+    assert hollow == {4.0} and len(markers) == 3
+    notes = " ".join(t.get_text() for t in fig.texts)
+    assert "no paper series" in notes and "random weights or synthetic data" in notes
+
+
+def test_fig5_has_an_operation_and_a_distance_panel(results_root):
+    fig = figures.layer_figure("fig5", load_results(results_root / "fig5"))
+    panels = {ax.get_title(): set(lines_by_label(ax)) for ax in fig.axes if ax.get_visible()}
+    control = "Random (control)"
+    assert panels == {"deit_s · (a) operation, L2": {"l2-attn", "l2-mlp", "l2-block", control},
+                      "deit_s · (b) distance, MLP": {"l1-mlp", "l2-mlp", "cos-mlp", control}}
+
+
+def test_readings_figure_draws_the_papers_table8_dashed(results_root):
+    fig = figures.layer_figure("readings", load_results(results_root / "readings"))
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert set(axes) == {f"deit_s · {figures.SCHEDULE_PANEL}", "deit_s · Table 8 check, l2-mlp"}
+    # the runs at the DeiT schedule: one point per reading, the paper's Table 5 Ours beside l2-mlp
+    schedule = lines_by_label(axes[f"deit_s · {figures.SCHEDULE_PANEL}"])
+    assert {"literal", "update"} <= set(schedule)
+    assert schedule["paper (Table 5, Ours)"].get_ydata()[0] == paper_value("table5", "deit_s", "ours", "acc1",
+                                                                            dataset="imagenet")
+    lines = lines_by_label(axes["deit_s · Table 8 check, l2-mlp"])
+    assert {"literal · keep top 50 %", "update · keep bottom 50 %"} <= set(lines)
+    assert list(lines["literal · keep top 50 %"].get_xdata()) == [0, 2]  # the [0, 3, 6] schedule run is not a point
+    paper = lines["paper (Table 8) · keep top 50 %"]
+    assert paper.get_linestyle() == "--"
+    assert list(paper.get_xdata()) == [0, 2, 4, 6, 8, 10]  # the paper's L1, L3, ..., L11
+    assert paper.get_ydata()[0] == paper_value("table8", "deit_s", "top50", "acc1", column="L1")
+
+
+def test_external_figures_are_copied_with_a_pdf(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), "white").save(tmp_path / "fig7.png")
+    (tmp_path / "results" / "fig7").mkdir(parents=True)
+    (tmp_path / "fig7.png").rename(tmp_path / "results" / "fig7" / "fig7.png")
+    written = figures.collect_external_figures(tmp_path / "results", tmp_path / "out")
+    assert list(written) == ["fig7"]
+    assert (tmp_path / "out" / "fig7.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "out" / "fig7.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_figures_without_results_fail_clearly(tmp_path, capsys):
+    assert report_main(["figures", f"results={tmp_path}", "logger=none"]) == 1
+    assert "fig3: nothing under" in capsys.readouterr().err
+    assert report_main(["figures", "bogus=1"]) == 2
+
+
+# --------------------------------------------------------------------------- maps (Figs. 4 / 6)
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    """REPSHIFT_DATA for the SMOKE ShapeBench images, generated once for the module."""
+    data = tmp_path_factory.mktemp("data")
+    old = os.environ.get("REPSHIFT_DATA")
+    os.environ["REPSHIFT_DATA"] = str(data)
+    yield data
+    if old is None:
+        del os.environ["REPSHIFT_DATA"]
+    else:
+        os.environ["REPSHIFT_DATA"] = old
+
+
+def test_map_values_come_from_repshift(smoke_data, tmp_path):
+    # exactly what `python -m repshift.report maps smoke=true` builds
+    model, weights = maps.build_map_model(maps.SMOKE_MODEL, maps.SMOKE_MODEL_OVERRIDES)
+    assert weights["real"] is False and len(model.blocks) == 12
+    samples = maps.smoke_samples(2)
+    assert samples.masks is not None and samples.masks.shape == (2, 224, 224)
+    drawn = maps.make_map_figures(model, samples, tmp_path, "tiny (random weights) on ShapeBench †")
+    assert [d.name for d in drawn] == ["fig6", "fig4"]
+    with torch.no_grad():
+        shift = repshift.representation_shift(model, samples.images, metric="l2", site="mlp")
+        attn = repshift.attention_scores(model, samples.images, metric="attn_cls")
+        shift_attn = repshift.representation_shift(model, samples.images, metric="l2", site="attn")
+    blocks = list(maps.PAPER_BLOCKS)
+    shift_grid = shift[:, blocks, 1:].reshape(2, 3, 14, 14).numpy()  # class token left out, 14 x 14 patches
+    np.testing.assert_allclose(drawn[0].maps["l2-mlp"], shift_grid, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(drawn[0].maps["attn_cls"], attn[:, blocks, 1:].reshape(2, 3, 14, 14).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(drawn[1].maps["l2-attn"], shift_attn[:, blocks, 1:].reshape(2, 3, 14, 14).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+    fig6 = drawn[0].figure
+    panels = [ax for ax in fig6.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 2 * (1 + 2 * 3) and len(fig6.axes) == len(panels) + 1  # one colour bar
+    titles = [ax.get_title() for ax in panels[:7]]
+    assert titles[0] == "image (mask outlined)"
+    assert titles[1] == "Attn (class attention)\nL1 (block 0)" and titles[6] == "Ours (L2, MLP)\nL9 (block 8)"
+    # the overlay drawn on row 1, "Ours L5" is the normalised, upsampled representation shift of image 1, block 4
+    overlay = panels[7 + 5].get_images()[1].get_array()
+    np.testing.assert_allclose(overlay, figures.resize_map(figures.normalise_map(shift_grid[1, 1]), 224, 224), atol=1e-6)
+    assert all(ax.collections for ax in panels)  # the ground-truth mask is outlined on every panel
+    for d in drawn:
+        assert [p.name for p in d.paths] == [f"{d.name}.png", f"{d.name}.pdf"]
+        assert d.paths[0].read_bytes()[:8] == PNG_MAGIC and d.paths[1].read_bytes()[:5] == b"%PDF-"
+
+
+def test_maps_cli_smoke(smoke_data, tmp_path, capsys):
+    out = tmp_path / "figures"
+    assert report_main(["maps", "smoke=true", "images=1", f"out={out}", "figures=[fig6]"]) == 0
+    assert (out / "fig6.png").stat().st_size > 0 and (out / "fig6.pdf").stat().st_size > 0
+    assert not (out / "fig4.png").exists()
+    assert report_main(["maps", "smoke=true", "figures=[fig9]"]) == 2
+    assert "known map figures are fig6, fig4" in capsys.readouterr().err
+    assert report_main(["maps", f"data={tmp_path / 'nowhere'}"]) == 1
+    assert "has no val/ folder" in capsys.readouterr().err
+
+
+def test_imagenet_layout_samples(tmp_path):
+    from PIL import Image
+
+    for wnid, colour in (("n01440764", "red"), ("n01443537", "blue")):
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        Image.new("RGB", (300, 260), colour).save(tmp_path / "val" / wnid / f"ILSVRC2012_val_{wnid}.JPEG")
+    samples = maps.load_samples("imagenet", tmp_path, 2)
+    assert samples.images.shape == (2, 3, 224, 224) and samples.masks is None  # DeiT transform: crop 224
+    assert samples.names == ["n01440764/ILSVRC2012_val_n01440764", "n01443537/ILSVRC2012_val_n01443537"]
+
+
+def test_map_blocks_must_exist(smoke_data):
+    model, _ = maps.build_map_model("tiny", ["pretrained=false"])  # 8 blocks
+    with pytest.raises(ValueError, match=r"blocks \[8\] do not exist: the model has 8 blocks"):
+        maps.score_maps(model, torch.zeros(1, 3, 224, 224), "l2-mlp", maps.PAPER_BLOCKS)
+
+
+# --------------------------------------------------------------------------- W&B and make
+
+def test_figure_logged_to_wandb_offline(tmp_path, monkeypatch):
+    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home" / var.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.subplots().plot([0, 1], [1, 0])
+    logger = figures.figure_logger("wandb", tmp_path / "figs", "test")
+    assert logger.mode == "offline"
+    try:
+        figures.save_figure(fig, tmp_path / "figs", "curve", logger=logger)
+    finally:
+        logger.finish()
+    logged = list((tmp_path / "figs").rglob("media/images/figures/curve*.png"))
+    assert len(logged) == 1 and logged[0].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_make_figures_runs_every_figure_target():
+    dry = subprocess.run(["make", "-n", "figures", "SMOKE=1"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "reproduce-fig3 reproduce-fig5 reproduce-readings" in dry.stdout
+    assert "reproduce-fig1" in dry.stdout and "reproduce-fig7" in dry.stdout
+    for target, expected in (("figure-maps", "-m repshift.report maps smoke=true logger=none out=outputs/smoke/figures"),
+                             ("figure-plots", "-m repshift.report figures results=outputs/smoke out=outputs/smoke/figures"),
+                             ("report", "-m repshift.report html results=outputs/smoke figures=outputs/smoke/figures "
+                                        "out=outputs/smoke/report")):
+        dry = subprocess.run(["make", "-n", target, "SMOKE=1"], cwd=ROOT, capture_output=True, text=True, check=True)
+        assert expected in dry.stdout, dry.stdout
