@@ -1,4 +1,8 @@
-"""Building models by timm name and loading their weights.
+"""Building models by timm name (or by family, from a model config) and loading their weights.
+
+``build_model(config)`` takes a whole model config (``configs/model/<name>.yaml``): its ``family``
+picks the builder (``umt`` -> :func:`repshift.models.umt.build`; none -> timm by ``name``), and the
+keys that only tell the runner how to feed the model (``input_size``, ``unit``) are set aside.
 
 Weights come from timm's hub/cache (``pretrained=True``), from a local file (``checkpoint``:
 the official DeiT ``.pth``, a timm/safetensors file, or a checkpoint written by
@@ -10,8 +14,9 @@ hook timm's own model modules use.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Union
 
 import timm
 import torch
@@ -22,15 +27,27 @@ from repshift.models import convstem_vit  # noqa: F401  (registers vit_convstem_
 from repshift.models import vim  # noqa: F401  (registers vim_t_midclstok with timm)
 
 
+#: Model-config keys read by the runner (bench, GMACs), not by a builder.
+RUNNER_KEYS = ("input_size", "unit")
+#: Model-config keys of the timm builder (a config without ``family``).
+TIMM_KEYS = ("name", "pretrained", "checkpoint", "kwargs", "unsafe_full_unpickle")
+
+
 def build_model(
-    name: str,
+    name: Union[str, Mapping[str, Any]],
     *,
     pretrained: bool = False,
     checkpoint: Optional[str] = None,
     kwargs: Optional[dict] = None,
     unsafe_full_unpickle: bool = False,
 ) -> tuple[torch.nn.Module, dict]:
-    """``(model, weights)`` where ``weights = {"real": bool, "source": str}``."""
+    """``(model, weights)`` where ``weights = {"real": bool, "source": str}``.
+
+    ``name`` is a timm model name (the other arguments apply), or a whole model config (a mapping,
+    e.g. ``OmegaConf.to_container(cfg.model)``), which then says everything itself.
+    """
+    if isinstance(name, Mapping):
+        return _build_from_config(name)
     kwargs = dict(kwargs or {})
     if checkpoint:
         path = Path(checkpoint).expanduser()
@@ -50,6 +67,29 @@ def build_model(
             ) from error
         return model, {"real": True, "source": f"timm:{model.pretrained_cfg.get('hf_hub_id') or name}"}
     return timm.create_model(name, pretrained=False, **kwargs), {"real": False, "source": "random-init"}
+
+
+def _build_from_config(config: Mapping[str, Any]) -> tuple[torch.nn.Module, dict]:
+    config = {key: value for key, value in config.items() if key not in RUNNER_KEYS}
+    family = config.pop("family", None)
+    if family == "umt":
+        from repshift.models import umt  # imports transformers: only when a UMT is asked for
+
+        return umt.build(config)
+    if family is not None:
+        raise ValueError(f"model.family={family!r} is unknown; expected umt, or no family for a timm model name")
+    unknown = sorted(set(config) - set(TIMM_KEYS))
+    if unknown:
+        raise ValueError(f"unknown model config keys {unknown} for a timm model; known: {list(TIMM_KEYS)}")
+    if "name" not in config:
+        raise ValueError("the model config has no name (the timm model to build)")
+    return build_model(
+        config["name"],
+        pretrained=bool(config.get("pretrained", False)),
+        checkpoint=config.get("checkpoint"),
+        kwargs=config.get("kwargs"),
+        unsafe_full_unpickle=bool(config.get("unsafe_full_unpickle", False)),
+    )
 
 
 def load_weights(model: torch.nn.Module, path: Path, *, unsafe_full_unpickle: bool = False) -> None:
