@@ -250,3 +250,30 @@ def test_cli(tmp_path, capsys):
     assert "wrote 16 images" in out and str(root.resolve()) in out
     assert sb.main(args) == 0
     assert "already complete" in capsys.readouterr().out
+
+
+def test_concurrent_runs_generate_the_folder_once(tmp_path):
+    """Two runs of a sweep starting together on one folder: one generates, the other waits and reuses it."""
+    import threading
+
+    from repshift.data import shapebench
+
+    calls = []
+    original = shapebench.generate
+
+    def counted(root, **kwargs):
+        calls.append(root)
+        return original(root, **kwargs)
+
+    shapebench.generate = counted
+    try:
+        spec = dict(n_train_per_class=1, n_val_per_class=1, seed=0, progress=False, workers=0)
+        threads = [threading.Thread(target=shapebench.ensure, args=(tmp_path / "sb",), kwargs=spec) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        shapebench.generate = original
+    assert len(calls) == 1 and shapebench.is_complete(tmp_path / "sb", n_train_per_class=1, n_val_per_class=1, seed=0,
+                                                       img_size=224)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import math
 import multiprocessing as mp
@@ -441,12 +442,21 @@ def ensure(
     progress: bool = True,
     workers: int | None = None,
 ) -> Path:
-    """Return ``root``, generating ShapeBench there first unless a complete one with these parameters exists."""
+    """Return ``root``, generating ShapeBench there first unless a complete one with these parameters exists.
+
+    Runs of one sweep (a SLURM array, submitit_local) may start together on the same folder: a lock
+    file beside it lets one of them generate while the others wait, then find it complete.
+    """
     params = dict(n_train_per_class=n_train_per_class, n_val_per_class=n_val_per_class, seed=seed, img_size=img_size)
     root = Path(root).expanduser()
     if is_complete(root, **params):
         return root
-    return generate(root, progress=progress, workers=workers, **params)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_complete(root, **params):
+            return root
+        return generate(root, progress=progress, workers=workers, **params)
 
 
 # --------------------------------------------------------------------------- reading
