@@ -4,11 +4,14 @@
   learns) on the dataset's train split with the recipe in ``train.*`` (every key but ``output`` is
   an argument of :func:`repshift.train.train`); the checkpoint goes to ``train.output`` (never the
   input ``model.checkpoint``) after every epoch and a rerun resumes from it.
-- ``evaluate``: the dataset's evaluator (``dataset.evaluator``): ``classification`` today
-  (top-1/top-5). An evaluator states what it needs from the model, so asking a model for a task
-  it cannot serve fails before any data is read.
+- ``evaluate``: the dataset's evaluator (``dataset.evaluator``): ``classification`` (top-1/top-5)
+  or ``retrieval`` (video-text R@1/5/10 both ways and their harmonic means, UMT's ITM-re-ranked
+  ranking, plus the embedding-only one as ``emb_*``). An evaluator states what it needs from the
+  model, so asking a model for a task it cannot serve fails before any data is read.
 - ``bench``: throughput on random input of the model's ``input_size``, in the model's ``unit``,
-  and GMACs of one sample.
+  and GMACs of one sample, of the part of the model that pruning changes: the whole model, or the
+  vision encoder of a video-text retrieval model (the text side is not pruned; the paper and
+  vid-TLDR time and count the encoder). The record says which part.
 
 The runner (:mod:`repshift.run`) runs them in the order of :data:`TASKS`, whatever the order of
 the list; this module is the only other place that reads the run config.
@@ -26,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from repshift import bench
 from repshift.data.build import build_dataset, describe_dataset
 from repshift.evaluate.classification import evaluate as evaluate_classification
+from repshift.evaluate.retrieval import evaluate_retrieval, format_metrics
 from repshift.train import train
 
 log = logging.getLogger("repshift.run")
@@ -57,11 +61,50 @@ def _classification(model, cfg: DictConfig, device: torch.device) -> tuple[dict,
     return describe_dataset(cfg.dataset, dataset), metrics
 
 
+#: What :func:`repshift.evaluate.retrieval.evaluate_retrieval` calls on a model.
+RETRIEVAL_METHODS = ("encode_video", "encode_text", "itm_scores", "tokenize")
+
+
+def _retrieval(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict]:
+    """UMT's evaluation: ITM re-ranking of the top-k ITC candidates (``dataset.itm=false``: embedding only).
+
+    Metrics: the reported ranking's ``t2v_r1 ... hm_r10`` (``hm_rK`` = harmonic mean of T2V and V2T,
+    what the paper's Table 2 shows), the embedding-only ranking's as ``emb_*``, and the counts.
+    """
+    dataset = build_dataset(cfg.dataset, split=cfg.dataset.split)
+    itm = bool(cfg.dataset.get("itm", True))
+    out = evaluate_retrieval(
+        model,
+        dataset,
+        batch_size=cfg.dataset.batch_size,
+        num_workers=cfg.dataset.num_workers,
+        device=device,
+        amp_dtype=bench.AMP_DTYPES[cfg.bench.amp_dtype] if device.type == "cuda" else None,
+        k_test=cfg.dataset.k_test,
+        itm=itm,
+        progress=cfg.progress,
+    )
+    ranking = "itm" if itm else "emb"
+    metrics = {**out[ranking], **{f"emb_{k}": v for k, v in out["emb"].items()}}
+    metrics.update({k: out[k] for k in ("n_videos", "n_texts", "skipped_videos", "skipped_texts", "k_test")})
+    log.info("%s ranking: %s  (videos=%d, texts=%d, skipped videos=%d)", ranking, format_metrics(out[ranking]),
+             out["n_videos"], out["n_texts"], out["skipped_videos"])
+    described = describe_dataset(cfg.dataset, dataset)
+    described["ranking"] = {"name": ranking, "description": out["rankings"][ranking]}
+    return described, metrics
+
+
 EVALUATORS: dict[str, Evaluator] = {
     "classification": Evaluator(
         needs="class logits (an image classifier with num_classes > 0)",
         serves=lambda model: getattr(model, "num_classes", 0) > 0,
         run=_classification,
+    ),
+    "retrieval": Evaluator(
+        needs="a video-text retrieval model (" + ", ".join(RETRIEVAL_METHODS) + "), e.g. model=umt_b with "
+        "model.part=retrieval",
+        serves=lambda model: all(callable(getattr(model, m, None)) for m in RETRIEVAL_METHODS),
+        run=_retrieval,
     ),
 }
 
@@ -115,10 +158,21 @@ def run_train(model, cfg: DictConfig, device: torch.device, log_epoch: Callable[
     return {"history": summary["history"], "checkpoint": str(output), "resumed_from": summary["resumed_from"]}
 
 
+def bench_part(model) -> tuple[torch.nn.Module, str]:
+    """``(module, what it is)``: what bench times and counts, the part of the model that pruning changes."""
+    if all(callable(getattr(model, m, None)) for m in RETRIEVAL_METHODS) and hasattr(model, "vision"):
+        return model.vision, "vision encoder"
+    return model, f"whole model ({type(model).__name__.removeprefix('RepShift')})"
+
+
 def run_bench(model, cfg: DictConfig, device: torch.device) -> tuple[dict, float]:
-    """``(throughput record, GMACs of one sample)``; CPU runs use fp32 and the ``bench.cpu`` settings."""
+    """``(throughput record, GMACs of one sample)``; CPU runs use fp32 and the ``bench.cpu`` settings.
+
+    The record's ``part`` says what was timed and counted (:func:`bench_part`).
+    """
     settings = cfg.bench if device.type == "cuda" else cfg.bench.cpu
     input_size = tuple(cfg.model.input_size)
+    model, part = bench_part(model)
     record = bench.throughput(
         model,
         batch_size=settings.batch_size,
@@ -131,7 +185,8 @@ def run_bench(model, cfg: DictConfig, device: torch.device) -> tuple[dict, float
         repeats=settings.repeats,
         progress=cfg.progress,
     )
+    record["part"] = part
     gmacs = bench.count_gmacs(model, input_size)
-    log.info("%.1f %s on %s (%s), %.2f GMACs", record["throughput"], record["unit"], record["device"],
+    log.info("%s: %.1f %s on %s (%s), %.2f GMACs", part, record["throughput"], record["unit"], record["device"],
              ",".join(record["kernel"]), gmacs)
     return record, gmacs

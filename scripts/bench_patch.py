@@ -1,14 +1,18 @@
-"""Throughput of base vs Representation-Shift-pruned DeiT, against a score-free "static" model.
+"""Throughput of base vs Representation-Shift-pruned DeiT or UMT, against a score-free "static" model.
 
-    python scripts/bench_patch.py                      # CPU, batch 16, fp32
+    python scripts/bench_patch.py                      # DeiT-S, CPU, batch 16, fp32
     python scripts/bench_patch.py --device cuda        # GPU, batch 512, AMP fp16 (the paper's protocol)
+    python scripts/bench_patch.py --model umt_b        # UMT-B vision encoder, 12 frames, CPU batch 1, fp32
+    python scripts/bench_patch.py --model umt_b --device cuda   # batch 20, AMP fp16 (the paper's video protocol)
 
-Models (same attention backend everywhere, DeiT schedule: layers 0,3,6, 20 % each):
-  base     timm's own forward (fused SDPA attention)
+Models (same attention backend everywhere; DeiT schedule: layers 0,3,6, UMT schedule: layers 0,1,2, 20 % each):
+  base     the model's own forward (fused SDPA attention)
   ours     repshift.patch(metric=l2, site=mlp): scores every token, then prunes
   static   the same token counts by slicing, with no scoring: the ceiling for pruning's speed-up
-  attn     the paper's "Attn" baseline: class-attention scores, eager attention in every block
+  attn     the paper's "Attn" baseline: eager attention in every block, class-attention scores (Eq. 2) for
+           DeiT, mean attention (Eq. 3) for UMT, which has no class token
 The ratios ours/base and ours/static say what pruning buys and what scoring costs.
+UMT is timed on its vision encoder (the part pruning changes), in clips/s; --frames sets the clip length.
 Random weights: throughput does not depend on them.
 """
 from __future__ import annotations
@@ -24,32 +28,42 @@ from repshift.bench import compare, count_gmacs
 from repshift.models import build_model
 
 SCHEDULE = dict(layers=(0, 3, 6), ratio=0.2)
-# Targets for the CPU run of the core-library issue: what pruning must buy, what scoring may cost.
+UMT_SCHEDULE = dict(layers=(0, 1, 2), ratio=0.2)
+#: UMT model names -> size; built as the vision encoder alone.
+UMT_SIZES = {"umt_b": "b", "umt_l": "l"}
+# Targets for the CPU runs: what pruning must buy (the core-library issue, DeiT), what scoring may cost
+# (the core-library issue and the video issue).
 CPU_TARGETS = {"ours/base": 1.57, "ours/static": 0.97}
+UMT_CPU_TARGETS = {"ours/static": 0.97}
 
 
-def build(model_name: str, device: str, which: list[str]) -> dict:
+def build(model_name: str, device: str, which: list[str], frames: int = 12) -> dict:
+    umt = model_name in UMT_SIZES
     variants = {
         "base": None,
         "ours": dict(metric="l2", site="mlp", attention="sdpa"),
         "static": dict(metric="none", attention="sdpa"),
-        "attn": dict(metric="attn_cls", attention="eager"),
+        "attn": dict(metric="attn" if umt else "attn_cls", attention="eager"),
     }
+    spec = dict(family="umt", size=UMT_SIZES[model_name], num_frames=frames, part="vision") if umt else model_name
     models = {}
     for name in which:
         torch.manual_seed(0)
-        model = build_model(model_name)[0].to(device).eval()
+        model = build_model(spec)[0].to(device).eval()
         if variants[name] is not None:
-            repshift.patch(model, **variants[name], **SCHEDULE)
+            repshift.patch(model, **variants[name], **(UMT_SCHEDULE if umt else SCHEDULE))
         models[name] = model
     return models
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="deit_small_patch16_224")
+    parser.add_argument("--model", default="deit_small_patch16_224",
+                        help=f"a timm name, or {' / '.join(UMT_SIZES)} (the UMT vision encoder)")
+    parser.add_argument("--frames", type=int, default=12, help="UMT clip length (default 12, the paper's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=None, help="default: 16 on CPU, 512 on CUDA")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="default: 16 on CPU, 512 on CUDA; UMT: 1 on CPU, 20 on CUDA")
     parser.add_argument("--amp", default=None, choices=["float16", "bfloat16"], help="default: float16 on CUDA")
     parser.add_argument("--models", default="base,ours,static,attn")
     parser.add_argument("--warmup", type=int, default=None)
@@ -64,17 +78,22 @@ def main() -> None:
         parser.error("--device cuda asked for, but torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
-    batch = args.batch or (512 if cuda else 16)
+    umt = args.model in UMT_SIZES
+    batch = args.batch or ((20 if cuda else 1) if umt else (512 if cuda else 16))
+    input_size = (args.frames, 3, 224, 224) if umt else (3, 224, 224)
+    unit = "vid/s" if umt else "img/s"
     amp = args.amp or ("float16" if cuda else None)
     which = args.models.split(",")
     unknown = set(which) - {"base", "ours", "static", "attn"}
     if unknown:
         parser.error(f"unknown --models entries {sorted(unknown)}; choose from base, ours, static, attn")
 
-    models = build(args.model, args.device, which)
+    models = build(args.model, args.device, which, args.frames)
     results = compare(
         models,
         batch_size=batch,
+        input_size=input_size,
+        unit=unit,
         device=args.device,
         amp_dtype=amp,
         warmup=args.warmup if args.warmup is not None else (10 if cuda else 2),
@@ -82,28 +101,31 @@ def main() -> None:
         repeats=args.repeats,
     )
     for name, model in models.items():
-        results[name]["gmacs"] = count_gmacs(model)
+        results[name]["gmacs"] = count_gmacs(model, input_size)
         results[name]["tokens"] = list(model.repshift.tokens) if repshift.is_patched(model) else None
 
     first = next(iter(results.values()))
-    print(f"{args.model} | {first['device']} | batch {batch} | {first['precision']} | median of {args.repeats}")
-    print(f"{'model':8} {'img/s':>9} {'GMACs':>7}  kernels")
+    what = f"{args.model} vision encoder, {args.frames} frames" if umt else args.model
+    print(f"{what} | {first['device']} | batch {batch} | {first['precision']} | median of {args.repeats}")
+    print(f"{'model':8} {unit:>9} {'GMACs':>7}  kernels")
     for name, r in results.items():
-        print(f"{name:8} {r['throughput']:9.1f} {r['gmacs']:7.2f}  {','.join(r['kernel'])}")
+        print(f"{name:8} {r['throughput']:9.{3 if umt else 1}f} {r['gmacs']:7.2f}  {','.join(r['kernel'])}")
     ratios = {
         f"{a}/{b}": results[a]["throughput"] / results[b]["throughput"]
         for a, b in [("ours", "base"), ("ours", "static"), ("static", "base"), ("attn", "base"), ("ours", "attn")]
         if a in results and b in results
     }
     for key, value in ratios.items():
-        target = CPU_TARGETS.get(key) if not cuda else None
+        target = (UMT_CPU_TARGETS if umt else CPU_TARGETS).get(key) if not cuda else None
         verdict = "" if target is None else f"  (target >= {target}: {'met' if value >= target else 'NOT met'})"
         print(f"{key:12} {value:.3f}{verdict}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench_patch-{args.model}-{'cuda' if cuda else 'cpu'}-b{batch}.json"
-    path.write_text(json.dumps({"model": args.model, "results": results, "ratios": ratios}, indent=2))
+    frames = f"-f{args.frames}" if umt else ""
+    path = out / f"bench_patch-{args.model}{frames}-{'cuda' if cuda else 'cpu'}-b{batch}.json"
+    record = {"model": args.model, "input_size": list(input_size), "results": results, "ratios": ratios}
+    path.write_text(json.dumps(record, indent=2))
     print(f"wrote {path}")
 
 

@@ -13,10 +13,17 @@ from repshift.evaluate import distributed
 def build_dataset(cfg, split: str, training: bool = False) -> Dataset:
     """``cfg`` is the ``dataset`` config group (root, split, img_size, crop_pct, generate, limit, ...).
 
-    A config with ``generate`` set is ShapeBench: it is generated under ``root`` on first use (by
-    rank 0 under torchrun, the others wait). ``limit`` keeps N images spread evenly over the
-    split, so a quick check still sees every class.
+    A config with ``anno_files`` is a video-text retrieval set in UMT's annotation format
+    (:meth:`repshift.data.video_text.VideoTextRetrievalDataset.from_config`, which also writes the
+    synthetic clips of ``synthetic_video`` on first use). Otherwise it is an image folder; one with
+    ``generate`` set is ShapeBench: it is generated under ``root`` on first use (by rank 0 under
+    torchrun, the others wait). ``limit`` keeps N images spread evenly over the split, so a quick
+    check still sees every class.
     """
+    if cfg.get("anno_files"):
+        from repshift.data.video_text import VideoTextRetrievalDataset
+
+        return VideoTextRetrievalDataset.from_config(cfg, split)
     root = Path(cfg.root)
     if cfg.generate:
         from repshift.data import shapebench
@@ -37,5 +44,9 @@ def build_dataset(cfg, split: str, training: bool = False) -> Dataset:
 
 
 def describe_dataset(cfg, dataset: Dataset) -> dict:
-    """What a result file records about the data a run saw."""
-    return {"name": cfg.name, "root": str(cfg.root), "split": cfg.split, "synthetic": bool(cfg.synthetic), "n": len(dataset)}
+    """What a result file records about the data a run saw (``n``: images, or videos of a video-text set)."""
+    record = {"name": cfg.name, "root": str(cfg.root), "split": cfg.split, "synthetic": bool(cfg.synthetic),
+              "n": len(dataset)}
+    if hasattr(dataset, "texts"):
+        record["n_texts"] = len(dataset.texts)
+    return record

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     md_path, csv_path = write(table, df, out_dir)
     print(md_path.read_text(encoding="utf-8"), end="")
     written = [md_path, csv_path]
-    if table in ("fig3", "fig5") and len(df):
+    if table in ("fig3", "fig5", "fig3_umt") and len(df):
         from repshift.report.figures import plot_layer_curves
 
         written.append(plot_layer_curves(df, out_dir / f"{table}.png", ylabel="top-1 (%)"))

@@ -1,0 +1,191 @@
+"""The UMT adapter: token pruning inside UMT's video encoder (:mod:`repshift.models.umt`), by class swapping.
+
+``repshift.patch`` serves two kinds of UMT model:
+
+- a :class:`~repshift.models.umt.UMTVision` (``vision_encoder("b")``): patched exactly as a DeiT is;
+- a :class:`~repshift.models.umt.UMTRetrieval`: its vision encoder (``model.vision``) is patched, the
+  text/fusion side is left alone (it cross-attends to whatever tokens survive). ``model.repshift`` and
+  ``model.vision.repshift`` are the same :class:`~repshift.patch.base.PruneState`, so the encoder can be
+  timed or counted on its own; unpatch through the model that was patched (the retrieval model).
+
+Installing swaps the classes of the encoder, its blocks and their attention modules for subclasses
+defined here; parameters, buffers and state-dict keys are untouched, and uninstalling restores them.
+
+A UMT block is ``x' = x + A(x)``, ``x̂ = x' + M(x')`` with ``A = attn∘norm1``, ``M = mlp∘norm2`` (no
+layer scale, so a branch's raw output is its update). A scoring block drops tokens from ``x̂`` using its
+own scores, as the timm adapter does:
+
+- ``site="attn"``: ``D(A(x), x)``; ``site="mlp"``: ``D(M(x'), x')``; ``site="block"``: ``D(x̂, x)``
+  (``literal`` reading; ``update``/``normed`` as :class:`repshift.patch.base.Branch` says);
+- ``metric="attn"`` is Eq. 3 (``attn_mean``: the attention a token receives, averaged over queries and
+  heads), because UMT has no class token; ``attn_cls`` (Eq. 2) is refused for the same reason.
+
+No token is protected. Every token carries the frame it came from (``state.book["frame"]``), gathered
+with the tokens at every pruning step, and the encoder's per-frame pooling averages exactly the
+surviving tokens of each frame (a frame left with none gets the clip mean: see
+:mod:`repshift.models.umt`).
+"""
+from __future__ import annotations
+
+import functools
+import sys
+
+import torch
+from torch import Tensor
+
+from repshift import attention as kernels
+from repshift import scores
+from repshift.patch.base import Adapter, Branch, PruneState, register_adapter, score_tokens
+
+UMT_MODULE = "repshift.models.umt"
+
+
+def _umt():
+    """``repshift.models.umt`` if it is imported, else None: no UMT model can exist before it is, and importing
+    it here would make ``import repshift`` load transformers for every user."""
+    return sys.modules.get(UMT_MODULE)
+
+
+class RepShiftUMTAttention:
+    """Methods put in front of UMT's ``Attention``: the state's kernel, and the softmax map when asked."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv_heads(x)
+        return self.proj(kernels.attend(q, k, v, self.repshift_state.attention, self.scale))
+
+    def forward_with_map(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        q, k, v = self.qkv_heads(x)
+        out, probs = kernels.attend_with_map(q, k, v, self.scale)
+        return self.proj(out), probs
+
+
+class RepShiftUMTBlock:
+    """Methods put in front of UMT's ``Block``: record the token count and, when scheduled, score and prune."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        state: PruneState = self.repshift_state
+        layer = self.repshift_layer
+        state.enter(layer, x.shape[1])
+        scoring = state.scoring(layer)
+
+        attn_map = None
+        x_norm = self.norm1(x)
+        if scoring and state.needs_map:
+            a, attn_map = self.attn.forward_with_map(x_norm)
+        else:
+            a = self.attn(x_norm)
+        x_mid = x + a
+        x_mid_norm = self.norm2(x_mid)
+        m = self.mlp(x_mid_norm)
+        x_out = x_mid + m
+        if not scoring:
+            return x_out
+        sites = {
+            "attn": Branch(input=x, normed=x_norm, raw=a, update=a, output=x_mid),
+            "mlp": Branch(input=x_mid, normed=x_mid_norm, raw=m, update=m, output=x_out),
+            "block": (x_out, x),
+        }
+        token_scores = score_tokens(state, layer, sites=sites, attn_map=attn_map, like=x)
+        (x_out,) = state.prune(layer, token_scores, x_out)
+        return x_out
+
+
+class RepShiftUMTEncoder:
+    """Methods put in front of the encoder's own class: one pruning forward per clip batch."""
+
+    def run_blocks(self, x: Tensor, frame_ids: Tensor) -> tuple[Tensor, Tensor]:
+        state: PruneState = self.repshift_state
+        state.reset()
+        # No class token: nothing is protected; the frame of every token travels with it.
+        state.begin(torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device), frame=frame_ids)
+        with kernels.kernel_preference(state.attention, x.device):
+            for block in self.blocks:
+                x = block(x)
+        return x, state.book["frame"]
+
+
+@functools.cache
+def _patched_class(mixin: type, base: type) -> type:
+    """``mixin`` in front of ``base``; uninstalling restores ``__bases__[1]``."""
+    cls = type(f"RepShift{base.__name__}", (mixin, base), {})
+    # Registered at module level so a patched model can still be pickled whole.
+    cls.__module__ = __name__
+    globals()[cls.__name__] = cls
+    return cls
+
+
+def _encoder(model):
+    umt = _umt()
+    return model.vision if isinstance(model, umt.UMTRetrieval) else model
+
+
+class UMTAdapter(Adapter):
+    family = "umt"
+    description = "UMT video encoders (repshift.models.umt.UMTVision) and UMT retrieval models (their encoder)"
+
+    def supports(self, model) -> bool:
+        umt = _umt()
+        return umt is not None and isinstance(model, (umt.UMTVision, umt.UMTRetrieval))
+
+    def check(self, model) -> None:
+        umt = _umt()
+        for i, block in enumerate(_encoder(model).blocks):
+            if type(block) is not umt.Block or type(block.attn) is not umt.Attention:
+                raise TypeError(
+                    f"block {i} is a {type(block).__name__} with {type(block.attn).__name__}; repshift.patch supports "
+                    "UMT's own Block and Attention (repshift.models.umt)"
+                )
+
+    def depth(self, model) -> int:
+        return len(_encoder(model).blocks)
+
+    def droppable(self, model) -> int:
+        encoder = _encoder(model)
+        return encoder.num_frames * encoder.patches_per_frame
+
+    def resolve_metric(self, model, metric: str) -> str:
+        if metric == "attn":  # the paper uses Eq. 3 for UMT: video transformers have no class token
+            return "attn_mean"
+        if metric == "attn_cls":
+            raise ValueError(
+                "metric=attn_cls (Eq. 2) reads the class token's attention row, and UMT has no class token; "
+                "use metric=attn or attn_mean (Eq. 3, what the paper uses for UMT)"
+            )
+        if metric in scores.HOST_METRICS:
+            raise ValueError(f"metric={metric} belongs to another host family; UMT takes {self._metrics()}")
+        return metric
+
+    @staticmethod
+    def _metrics() -> str:
+        return ", ".join(m for m in scores.METRICS if m not in scores.HOST_METRICS and m != "attn_cls")
+
+    def install(self, model, state: PruneState) -> None:
+        encoder = _encoder(model)
+        encoder.__class__ = _patched_class(RepShiftUMTEncoder, type(encoder))
+        encoder.repshift_state = state
+        if encoder is not model:  # the encoder alone can then be timed and counted as a patched model
+            encoder.repshift = state
+            encoder.repshift_via_retrieval = True
+        for index, block in enumerate(encoder.blocks):
+            block.__class__ = _patched_class(RepShiftUMTBlock, type(block))
+            block.attn.__class__ = _patched_class(RepShiftUMTAttention, type(block.attn))
+            block.repshift_state = block.attn.repshift_state = state
+            block.repshift_layer = index
+
+    def uninstall(self, model) -> None:
+        encoder = _encoder(model)
+        if encoder is model and getattr(encoder, "repshift_via_retrieval", False):
+            raise RuntimeError(
+                "this UMT encoder was patched through its retrieval model: call repshift.unpatch on that model"
+            )
+        for block in encoder.blocks:
+            block.__class__ = type(block).__bases__[1]
+            block.attn.__class__ = type(block.attn).__bases__[1]
+            del block.repshift_state, block.attn.repshift_state, block.repshift_layer
+        encoder.__class__ = type(encoder).__bases__[1]  # (RepShiftUMTEncoder, original class)
+        del encoder.repshift_state
+        if encoder is not model:
+            del encoder.repshift, encoder.repshift_via_retrieval
+
+
+register_adapter(UMTAdapter())
