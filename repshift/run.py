@@ -102,6 +102,7 @@ def compress_model(model, cfg: DictConfig):
             seed=cfg.seed,
             keep=c.keep,
             reading=cfg.reading,
+            mode=c.get("mode", "sequence"),
         )
     except (TypeError, ValueError) as error:
         raise ValueError(

@@ -1,6 +1,15 @@
-"""The training task: resumable classifier training with a per-step warmup + cosine schedule.
+"""The training task: resumable classifier training, single process or DDP under torchrun.
 
-Used for the tiny ViT on ShapeBench (and later ResNet fine-tuning). Single process.
+Two recipes share one loop:
+
+- the default (``sched="warmup_cosine"``, ``opt="adamw"``): a per-step linear warmup then cosine
+  decay to 0 (:func:`warmup_cosine`), what the tiny ShapeBench ViT is trained with;
+- any timm scheduler (``sched="cosine"``, ``"step"``, ...) through ``timm.scheduler.create_scheduler_v2``,
+  stepped per update, with ``cooldown_epochs`` at ``min_lr`` at the end: the paper's ResNet
+  fine-tuning (100 epochs, the last 10 of them cooldown) is ``epochs=100, cooldown_epochs=10``.
+
+The optimizer always comes from ``timm.optim.create_optimizer_v2``; mixup / cutmix from
+``timm.data.Mixup`` (with timm's soft-target cross-entropy). AMP runs on CUDA only.
 """
 
 from __future__ import annotations
@@ -8,24 +17,37 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from repshift.evaluate import distributed
 from repshift.evaluate.classification import collate_image_label, evaluate
 from repshift.io import atomic_open
 
-__all__ = ["train", "warmup_cosine", "CHECKPOINT_FORMAT"]
+__all__ = ["train", "warmup_cosine", "CHECKPOINT_FORMAT", "REQUEUE_SIGNALS"]
 
 CHECKPOINT_FORMAT = "repshift.train/1"
+#: Signals a cluster sends before it stops a job (SLURM ``--signal``, submitit's timeout signal,
+#: preemption's SIGTERM). On one, a checkpoint of the exact step is written before the signal goes on.
+REQUEUE_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")
+_AMP = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -75,6 +97,89 @@ def _load(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+class EpochOrder(Sampler):
+    """This rank's share of epoch ``epoch``'s shuffled order, from its ``skip``-th sample on.
+
+    The order is ``randperm(n)`` seeded with ``(seed, epoch)``, padded by wrapping to a multiple of
+    ``world`` and dealt out rank by rank, so it is the same whether or not a run was resumed, and
+    a run stopped mid-epoch continues with exactly the batches it had not seen.
+    """
+
+    def __init__(self, n: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1, skip: int = 0):
+        self.n, self.seed, self.epoch, self.rank, self.world, self.skip = n, seed, epoch, rank, world, skip
+
+    def _share(self) -> list[int]:
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        order = order.tolist()
+        padded = order + order[: (-len(order)) % self.world]
+        return padded[self.rank :: self.world]
+
+    def __iter__(self):
+        return iter(self._share()[self.skip :])
+
+    def __len__(self) -> int:
+        return max(0, math.ceil(self.n / self.world) - self.skip)
+
+
+class _StopRequest:
+    """Catches the requeue signals during training; :meth:`deliver` passes each on once a checkpoint is safe."""
+
+    def __init__(self, names: Sequence[str]):
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+        for name in names:
+            if not hasattr(signal, name):
+                raise ValueError(f"requeue_signals: {name!r} is not a signal on this platform")
+        self.signals = [getattr(signal, name) for name in names]
+
+    def __enter__(self):
+        if self.signals and _main_thread():
+            for signum in self.signals:
+                self.previous[signum] = signal.signal(signum, self._catch)
+        return self
+
+    def _catch(self, signum, frame) -> None:
+        self.signum = signum
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def deliver(self) -> None:
+        """Pass the caught signal to whoever handled it before (submitit requeues, the default stops)."""
+        signum, self.signum = self.signum, None
+        handlers = dict(self.previous)
+        self.restore()
+        signal.raise_signal(signum)
+        # the previous handler returned (or ignores the signal): training goes on, still guarded
+        for s in handlers:
+            self.previous[s] = signal.signal(s, self._catch)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    if not distributed.is_initialized():
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value)
+    return bool(value.item())
+
+
+def _sum_ranks(values: Sequence[float], device: torch.device) -> list[float]:
+    if not distributed.is_initialized():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
 def train(
     model: nn.Module,
     train_set,
@@ -92,65 +197,115 @@ def train(
     ckpt_path: str | os.PathLike | None = None,
     progress: bool = True,
     log: Callable[[dict], Any] | None = None,
+    opt: str = "adamw",
+    momentum: float = 0.9,
+    filter_bias_and_bn: bool = False,
+    sched: str = "warmup_cosine",
+    cooldown_epochs: int = 0,
+    min_lr: float = 0.0,
+    warmup_lr: float = 0.0,
+    mixup: float = 0.0,
+    cutmix: float = 0.0,
+    amp: bool = True,
+    amp_dtype: str = "float16",
+    requeue_signals: Sequence[str] = REQUEUE_SIGNALS,
 ) -> dict:
     """Train ``model`` (in place) for ``epochs`` epochs; resumable from ``ckpt_path``.
 
     - Data: ``train_set[i]`` returns ``(image, label, *extras)``; extras (masks) are
       ignored, samples with label ``-1`` (skipped corrupt images) are excluded from the
-      loss (a batch with none left makes no optimizer step). Shuffling uses a
-      ``torch.Generator`` seeded from ``(seed, epoch)``, so the order of epoch ``e`` is
-      the same whether or not the run was resumed.
-    - Optimisation: AdamW(``lr``, ``weight_decay``), ``CrossEntropyLoss(label_smoothing)``,
-      LambdaLR stepped every batch: linear warmup over ``warmup_epochs`` epochs, then
-      cosine decay to 0 at the end of ``epochs`` (:func:`warmup_cosine`).
+      loss (a batch with none left makes no optimizer step). The order of epoch ``e`` is
+      ``randperm`` seeded from ``(seed, epoch)`` (:class:`EpochOrder`), the same whether or
+      not the run was resumed; under torchrun each rank takes its share of it and the model
+      is wrapped in ``DistributedDataParallel`` (``batch_size`` is per rank).
+    - Optimisation: ``timm.optim.create_optimizer_v2(opt, lr, weight_decay, momentum)``
+      (``filter_bias_and_bn``: no weight decay on biases and norms, as timm's recipes do),
+      cross-entropy with ``label_smoothing`` (soft-target cross-entropy under ``mixup`` /
+      ``cutmix`` > 0, which mix with timm's ``Mixup``; a batch of odd size loses its last sample
+      there, as ``Mixup`` pairs samples). The lr is set every update:
+      ``sched="warmup_cosine"``: linear warmup over ``warmup_epochs`` then cosine to 0 at the
+      end of ``epochs`` (:func:`warmup_cosine`); any other name is a timm scheduler
+      (``create_scheduler_v2``: warmup from ``warmup_lr`` over ``warmup_epochs``, the schedule
+      over ``epochs - cooldown_epochs`` epochs down to ``min_lr``, then ``cooldown_epochs`` at ``min_lr``).
+    - AMP: on CUDA with ``amp`` true, autocast in ``amp_dtype`` (``float16`` with a gradient scaler,
+      or ``bfloat16``); CPU runs are fp32.
     - Determinism: a fresh run seeds torch, numpy and ``random`` with ``seed``; a resumed
       run restores the RNG states saved in the checkpoint instead.
     - Per epoch: a tqdm bar (running loss and lr; ``progress=False`` hides it), then
       ``val_set`` is evaluated with :func:`repshift.evaluate.classification.evaluate`,
       then ``log(entry)`` is called with the epoch's history entry, then the checkpoint
       is written. (Logging comes first, so an epoch whose logging failed is redone.)
-    - Checkpoint: written atomically (temp file + ``os.replace``) to ``ckpt_path`` after
-      every epoch: ``{"format", "model", "optimizer", "scheduler", "epoch" (completed
-      epochs), "epochs", "history", "rng", "seed"}``. If ``ckpt_path`` exists at start,
-      training resumes at the next epoch (returning at once if ``epoch >= epochs``),
-      so a killed run loses at most one epoch. Resuming with a different ``epochs``
-      continues with the schedule recomputed for the new length.
+    - Checkpoint: written atomically by rank 0 to ``ckpt_path`` after every epoch:
+      ``{"format", "model", "optimizer", "scheduler", "scaler", "epoch" (completed epochs),
+      "step" (updates into the next epoch), "partial", "epochs", "history", "rng", "seed"}``.
+      When one of ``requeue_signals`` arrives (SLURM's warning before a time limit or a
+      preemption), the current step finishes, a checkpoint of that exact step is written, and the
+      signal is then passed on to the handler it had before (submitit requeues the job; the
+      default ends the process). If ``ckpt_path`` exists at start, training resumes where it
+      stopped (returning at once if ``epoch >= epochs``): a requeued run ends with the weights an
+      uninterrupted one has. Resuming with a different ``epochs`` continues with the schedule
+      recomputed for the new length.
 
     A history entry is ``{"epoch" (1-based), "train_loss", "val_top1", "val_top5",
     "lr" (at the end of the epoch), "n_train", "skipped", "time_s"}`` (val fields None
     without ``val_set``). Returns ``{"history", "epoch", "epochs", "resumed_from",
-    "ckpt_path"}`` where ``resumed_from`` is the number of epochs already done at start.
+    "ckpt_path"}`` where ``resumed_from`` is the number of epochs already done at start
+    (a fraction when the run stopped mid-epoch: ``epoch + step / steps_per_epoch``).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if not 0 <= cooldown_epochs < max(1, epochs):
+        raise ValueError(f"cooldown_epochs={cooldown_epochs} must be in [0, epochs={epochs})")
+    if cooldown_epochs and sched == "warmup_cosine":
+        raise ValueError("cooldown_epochs needs a timm scheduler (sched=cosine, ...); warmup_cosine decays to 0 at the end")
+    if amp_dtype not in _AMP:
+        raise ValueError(f"amp_dtype must be one of {list(_AMP)}, got {amp_dtype!r}")
     device = torch.device(device)
     ckpt = Path(ckpt_path) if ckpt_path is not None else None
+    rank, world = distributed.get_rank(), distributed.get_world_size()
     model.to(device)
-
-    g = torch.Generator()
-    loader = DataLoader(
-        train_set,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=g,
-        num_workers=num_workers,
-        collate_fn=collate_image_label,
-        pin_memory=device.type == "cuda",
-        drop_last=False,
+    net = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world > 1
+        else model
     )
-    steps_per_epoch = max(1, len(loader))
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(train_set) / world) / batch_size))
     total_steps = epochs * steps_per_epoch
-    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
 
-    def lr_lambda(step: int) -> float:
-        return warmup_cosine(step, warmup_steps, total_steps)
+    optimizer = create_optimizer_v2(
+        model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, filter_bias_and_bn=filter_bias_and_bn
+    )
+    if sched == "warmup_cosine":
+        warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
+        )
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        def set_lr(updates: int) -> None:
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * warmup_cosine(updates, warmup_steps, total_steps)
+    else:
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=sched, num_epochs=epochs - cooldown_epochs, cooldown_epochs=cooldown_epochs,
+            min_lr=min_lr, warmup_lr=warmup_lr, warmup_epochs=warmup_epochs, step_on_epochs=False,
+            updates_per_epoch=steps_per_epoch,
+        )
+
+        def set_lr(updates: int) -> None:
+            scheduler.step_update(updates)
+
+    mixer = None
+    if mixup > 0 or cutmix > 0:
+        mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
+                      num_classes=model.num_classes)
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    use_amp = amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == "float16")
 
     history: list[dict] = []
-    start_epoch = 0
+    start_epoch, start_step, partial = 0, 0, (0.0, 0, 0)
     if ckpt is not None and ckpt.exists():
         state = _load(ckpt)
         try:
@@ -161,84 +316,31 @@ def train(
                 f"Delete it or choose another checkpoint path. {e}"
             ) from e
         history = list(state.get("history", []))
-        start_epoch = int(state["epoch"])
+        start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
         if start_epoch >= epochs:
-            return {
-                "history": history,
-                "epoch": start_epoch,
-                "epochs": epochs,
-                "resumed_from": start_epoch,
-                "ckpt_path": str(ckpt),
-            }
+            return {"history": history, "epoch": start_epoch, "epochs": epochs, "resumed_from": start_epoch,
+                    "ckpt_path": str(ckpt)}
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        # the schedule may have changed length (different `epochs`): recompute current lr
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base * lr_lambda(scheduler.last_epoch)
-        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        if sched == "warmup_cosine":
+            scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        partial = tuple(state.get("partial", partial))
+        # the schedule may have changed length (different `epochs`): recompute the current lr
+        set_lr(start_epoch * steps_per_epoch + start_step)
+        if sched == "warmup_cosine":
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
         _set_rng_state(state["rng"])
     else:
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
+    resumed_from = start_epoch + start_step / steps_per_epoch if start_step else start_epoch
 
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        g.manual_seed(seed * 100_003 + epoch)
-        model.train()
-        loss_sum, n_seen, n_skipped = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress)
-        for images, targets in bar:
-            valid = targets >= 0
-            n_valid = int(valid.sum())
-            n_skipped += len(targets) - n_valid
-            if n_valid:
-                images = images[valid].to(device, non_blocking=True)
-                targets = targets[valid].to(device, non_blocking=True)
-                out = model(images)
-                if isinstance(out, (tuple, list)):
-                    out = out[0]
-                loss = criterion(out, targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * n_valid
-                n_seen += n_valid
-            with warnings.catch_warnings():
-                # a batch of only skipped samples makes no optimizer step; keep the schedule anyway
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-                scheduler.step()
-            bar.set_postfix(
-                loss=f"{loss_sum / n_seen:.4f}" if n_seen else "nan",
-                lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-            )
-        bar.close()
-
-        entry: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / n_seen if n_seen else math.nan,
-            "val_top1": None,
-            "val_top5": None,
-            "lr": optimizer.param_groups[0]["lr"],
-            "n_train": n_seen,
-            "skipped": n_skipped,
-        }
-        if val_set is not None:
-            res = evaluate(
-                model,
-                val_set,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                device=device,
-                progress=progress,
-                desc=f"val {epoch + 1}/{epochs}",
-            )
-            entry["val_top1"], entry["val_top5"] = res["top1"], res["top5"]
-        entry["time_s"] = time.perf_counter() - t0
-        history.append(entry)
-        if log is not None:
-            log(dict(entry))
-        if ckpt is not None:
+    def save(epoch_done: int, step: int, partial_sums) -> None:
+        if ckpt is None:
+            return
+        if rank == 0:
             with atomic_open(ckpt, "wb") as fh:
                 torch.save(
                     {
@@ -246,7 +348,10 @@ def train(
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
-                        "epoch": epoch + 1,
+                        "scaler": scaler.state_dict(),
+                        "epoch": epoch_done,
+                        "step": step,
+                        "partial": list(partial_sums),
                         "epochs": epochs,
                         "history": history,
                         "rng": _rng_state(),
@@ -254,11 +359,106 @@ def train(
                     },
                     fh,
                 )
+        distributed.barrier()
+
+    stop = _StopRequest(requeue_signals if ckpt is not None else ())
+    with stop:
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            skip_steps = start_step if epoch == start_epoch else 0
+            loss_sum, n_seen, n_skipped = partial if epoch == start_epoch else (0.0, 0, 0)
+            loader = DataLoader(
+                train_set,
+                batch_size=batch_size,
+                sampler=EpochOrder(len(train_set), seed=seed, epoch=epoch, rank=rank, world=world,
+                                   skip=skip_steps * batch_size),
+                # Without a generator of its own, each new iterator draws its worker seed from the global
+                # RNG: a run resumed mid-epoch would draw once more than an uninterrupted one and every
+                # later random crop and dropout mask would differ.
+                generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+                num_workers=num_workers,
+                collate_fn=collate_image_label,
+                pin_memory=device.type == "cuda",
+                drop_last=False,
+            )
+            net.train()
+            step = skip_steps
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0)
+            for images, targets in bar:
+                valid = targets >= 0
+                if mixer is not None and int(valid.sum()) % 2:
+                    valid[valid.nonzero()[-1]] = False  # Mixup pairs samples: an odd one out waits
+                n_valid = int(valid.sum())
+                n_skipped += int((targets < 0).sum())
+                if n_valid:
+                    images = images[valid].to(device, non_blocking=True)
+                    targets = targets[valid].to(device, non_blocking=True)
+                    if mixer is not None:
+                        images, targets = mixer(images, targets)
+                    with torch.autocast(device.type, dtype=_AMP[amp_dtype], enabled=use_amp):
+                        out = net(images)
+                        if isinstance(out, (tuple, list)):
+                            out = out[0]
+                        loss = criterion(out.float(), targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    loss_sum += float(loss.detach()) * n_valid
+                    n_seen += n_valid
+                step += 1
+                with warnings.catch_warnings():
+                    # a batch of only skipped samples makes no optimizer step; keep the schedule anyway
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                    if sched == "warmup_cosine":
+                        scheduler.step()
+                    else:
+                        set_lr(epoch * steps_per_epoch + step)
+                bar.set_postfix(
+                    loss=f"{loss_sum / n_seen:.4f}" if n_seen else "nan",
+                    lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                )
+                if _any_rank(stop.signum is not None, device) and step < steps_per_epoch:
+                    save(epoch, step, (loss_sum, n_seen, n_skipped))
+                    if stop.signum is not None:
+                        stop.deliver()
+            bar.close()
+
+            loss_sum, n_seen, n_skipped = _sum_ranks([loss_sum, n_seen, n_skipped], device)
+            n_seen, n_skipped = int(n_seen), int(n_skipped)
+            entry: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / n_seen if n_seen else math.nan,
+                "val_top1": None,
+                "val_top5": None,
+                "lr": optimizer.param_groups[0]["lr"],
+                "n_train": n_seen,
+                "skipped": n_skipped,
+            }
+            if val_set is not None:
+                res = evaluate(
+                    model,
+                    val_set,
+                    batch_size=batch_size,
+                    num_workers=num_workers,
+                    device=device,
+                    amp_dtype=_AMP[amp_dtype] if use_amp else None,
+                    progress=progress,
+                    desc=f"val {epoch + 1}/{epochs}",
+                )
+                entry["val_top1"], entry["val_top5"] = res["top1"], res["top5"]
+            entry["time_s"] = time.perf_counter() - t0
+            history.append(entry)
+            if log is not None and rank == 0:
+                log(dict(entry))
+            save(epoch + 1, 0, (0.0, 0, 0))
+            if _any_rank(stop.signum is not None, device) and stop.signum is not None:
+                stop.deliver()
 
     return {
         "history": history,
         "epoch": epochs if epochs > start_epoch else start_epoch,
         "epochs": epochs,
-        "resumed_from": start_epoch,
+        "resumed_from": resumed_from,
         "ckpt_path": str(ckpt) if ckpt is not None else None,
     }

@@ -31,8 +31,13 @@ from repshift.patch.base import (
 )
 from repshift.select import KEEP, drop_count
 
+#: How a scheduled unit drops tokens. ``sequence``: tokens of a sequence (ViT, UMT, ViM). On a 2-D
+#: feature map (ResNet): ``line`` drops whole rows and columns, ``token`` the weakest tokens of every
+#: row and then of every column; either way the map stays a dense, smaller grid.
+MODES = ("sequence", "line", "token")
+
 __all__ = [
-    "ADAPTERS", "READINGS", "Adapter", "Branch", "PruneState", "find_adapter", "is_patched", "patch", "record_scores",
+    "ADAPTERS", "MODES", "READINGS", "Adapter", "Branch", "PruneState", "find_adapter", "is_patched", "patch", "record_scores",
     "register_adapter", "score_tokens", "unpatch", "unregister_adapter",
 ]
 
@@ -53,6 +58,7 @@ def patch(
     seed: int = 0,
     keep: str = "top",
     reading: str = "literal",
+    mode: str = "sequence",
 ):
     """Prune tokens inside ``model`` (in place; returned for chaining). See the README for the options."""
     if is_patched(model):
@@ -66,6 +72,13 @@ def patch(
         raise ValueError(f"keep must be 'top' or 'bottom', got {keep!r}")
     if reading not in READINGS:
         raise ValueError(f"unknown reading {reading!r}; expected one of {READINGS}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if mode not in adapter.modes:
+        raise ValueError(
+            f"mode={mode!r} does not apply to {adapter.family} models: they prune with mode in {adapter.modes} "
+            "('sequence' drops tokens of a sequence; 'line' and 'token' prune the rows and columns of a 2-D feature map)"
+        )
     kernels.check_backend(attention)
     depth = adapter.depth(model)
     layers = tuple(layers)
@@ -90,6 +103,7 @@ def patch(
         attention=attention,
         seed=int(seed),
         keep=keep,
+        mode=mode,
     )
     droppable = adapter.droppable(model)
     if nums is not None and droppable is not None:

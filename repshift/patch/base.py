@@ -176,6 +176,7 @@ class Adapter:
     family: ClassVar[str]
     description: ClassVar[str]  # shown when no adapter supports a model
     sites: ClassVar[tuple[str, ...]] = scores.SITES
+    modes: ClassVar[tuple[str, ...]] = ("sequence",)  # 2-D hosts: ("line", "token")
 
     def supports(self, model) -> bool:
         raise NotImplementedError

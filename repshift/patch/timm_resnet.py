@@ -1,0 +1,244 @@
+"""The timm ResNet adapter: representation-shift pruning of the 2-D feature map between stages.
+
+The scheduled units are the four stages ``layer1``..``layer4`` (0-based stage indices 0..3).
+A scheduled stage scores every location of its output map and then drops ``num`` rows and
+``num`` columns of it, so the next stage convolves a dense, smaller grid (paper §4.2, Table 6):
+
+- ``mode="line"`` (L-W): a row's score is the mean of its locations' scores (a column's likewise);
+  the ``num`` lowest rows and the ``num`` lowest columns go, the rest keep their order
+  (:func:`repshift.select.keep_grid_lines`).
+- ``mode="token"`` (T-W): the ``num`` lowest locations of every row go (the row closes up, so a
+  location may shift left), then the ``num`` lowest of every column of that narrower map
+  (:func:`repshift.select.keep_grid_tokens`). Each row and column loses its own weakest tokens
+  rather than a shared line, and the map stays dense. This is our reading of "removing the least
+  important tokens from each row and column": the paper gives no more detail.
+- ``metric="none"`` is the static control: it crops to the same grid sizes without scoring
+  (keeps the first rows and columns), the ceiling of what pruning can buy in speed.
+
+Where the shift is measured. The paper measures it "before and after each stage", but a stage
+changes the channel count (ResNet-50 ``layer1``: 64 -> 256) and, from ``layer2`` on, the resolution,
+so ``D(stage(x), x)`` is undefined. Two shape-keeping readings are offered as the ``site``:
+
+- ``site="mlp"`` (default; the name every family's default site has; a ResNet has no MLP): the
+  residual branch of the stage's **last block**, ``y = act(s + F(x))`` with ``s`` the block's
+  shortcut (``x`` itself, or its projection when the block downsamples). It is read as a
+  :class:`repshift.patch.base.Branch` with ``input = normed = s`` (a ResNet block has no pre-norm
+  and no layer scale), ``raw = update = F(x)``, ``output = y``: ``literal`` and ``normed`` are
+  ``D(F(x), s)``, ``update`` is ``D(y, s)``, the block's output against its input.
+- ``site="stage"``: the whole stage, ``D(stage output, P(stage input))`` with ``P`` the stage's
+  first shortcut (identity when the stage keeps the shape, as ResNet-34 ``layer1`` does; else the
+  projection the first block applies anyway), the same pair under every reading.
+
+Scores are per location, over channels, ``[B, H, W]``; with ``record=True`` every stage appends its
+map to ``state.recorded`` (Fig. 7). Installing swaps the classes of the model and its stages only;
+parameters and state-dict keys are untouched. Unscheduled stages run timm's own blocks.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from repshift import scores
+from repshift.patch.base import Adapter, Branch, PruneState, register_adapter, score_tokens
+from repshift.select import gather_grid_lines, keep_grid_lines, keep_grid_tokens
+
+# The residual branch F of each block type, module by module, in timm's order; then its final activation.
+_BRANCH = {
+    BasicBlock: ("conv1", "bn1", "drop_block", "act1", "aa", "conv2", "bn2"),
+    Bottleneck: ("conv1", "bn1", "act1", "conv2", "bn2", "drop_block", "act2", "aa", "conv3", "bn3"),
+}
+_FINAL_ACT = {BasicBlock: "act2", Bottleneck: "act3"}
+
+
+def stages(model: ResNet) -> list[nn.Sequential]:
+    """``layer1``, ``layer2``, ... of a timm ResNet, in order."""
+    found = []
+    while hasattr(model, f"layer{len(found) + 1}"):
+        found.append(getattr(model, f"layer{len(found) + 1}"))
+    return found
+
+
+def _block_parts(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(shortcut, branch, output)`` of one timm block: ``output = act(shortcut + branch)``."""
+    shortcut = x if block.downsample is None else block.downsample(x)
+    branch = x
+    for name in _BRANCH[type(block)]:
+        branch = getattr(block, name)(branch)
+    if block.se is not None:
+        branch = block.se(branch)
+    if block.drop_path is not None:
+        branch = block.drop_path(branch)
+    return shortcut, branch, getattr(block, _FINAL_ACT[type(block)])(shortcut + branch)
+
+
+def _tokens(x: Tensor) -> Tensor:
+    """``[B, C, H, W]`` as tokens ``[B, H*W, C]`` (a view), the layout :func:`score_tokens` expects."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def _gather_positions(x: Tensor, positions: Tensor) -> Tensor:
+    """``x [B, C, H, W]`` at the flat positions ``[B, 1, h, w]`` (indices into ``H * W``): ``[B, C, h, w]``."""
+    batch, channels = x.shape[:2]
+    index = positions.flatten(1)
+    gathered = x.flatten(2).gather(2, index.unsqueeze(1).expand(batch, channels, index.shape[1]))
+    return gathered.view(batch, channels, *positions.shape[2:])
+
+
+def check_grid(num: int, height: int, width: int, layer: int) -> None:
+    """Refuse a step that would drop every row or every column of a stage's output."""
+    if num >= min(height, width):
+        raise ValueError(
+            f"num={num} at stage index {layer} (layer{layer + 1}) asks for {num} rows and {num} columns of its "
+            f"{height}x{width} output map: keep at least one (lower num, or prune an earlier, larger stage)"
+        )
+
+
+class RepShiftStage(nn.Sequential):
+    """A ResNet stage that records its grid and, when scheduled, scores and prunes its output map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        state: PruneState = self.repshift_state
+        layer = self.repshift_layer
+        state.enter(layer, x.shape[2] * x.shape[3])
+        if not state.scoring(layer):
+            return super().forward(x)
+        last = len(self) - 1
+        for index, block in enumerate(self):
+            if index == 0 or index == last:
+                shortcut, branch, out = _block_parts(block, x)
+                if index == 0:
+                    stage_shortcut = shortcut
+            else:
+                out = block(x)
+            x = out
+        if state.metric in scores.SHIFT_METRICS:
+            sites = {
+                "mlp": Branch(input=_tokens(shortcut), normed=_tokens(shortcut), raw=_tokens(branch),
+                              update=_tokens(branch), output=_tokens(out)),
+                "stage": (_tokens(out), _tokens(stage_shortcut)),
+            }
+        else:
+            sites = None
+        batch, _, height, width = out.shape
+        token_scores = score_tokens(state, layer, sites=sites, like=_tokens(out))
+        score_map = None if token_scores is None else token_scores.view(batch, height, width)
+        if state.record and score_map is not None:
+            state.recorded.append(score_map)
+        step = state.step(layer)
+        if step is None or step[1] == 0:
+            return out
+        num = step[1]
+        check_grid(num, height, width, layer)
+        if score_map is None:  # static control: the same grid, no scores
+            return out[:, :, : height - num, : width - num]
+        # Select on a one-channel map of flat positions, then move the features with a single gather:
+        # on the CPU that is several times faster than gathering the wide feature map row- then column-wise.
+        positions = torch.arange(height * width, device=out.device).view(1, 1, height, width).expand(batch, 1, -1, -1)
+        if state.mode == "line":
+            rows, cols = keep_grid_lines(score_map, num, num, state.keep)
+            kept = gather_grid_lines(positions, rows, cols)
+        else:
+            kept = keep_grid_tokens(positions, score_map, num, state.keep)
+        return _gather_positions(out, kept)
+
+
+class RepShiftResNetModel:
+    """Mixin put in front of the model's own class: a new forward forgets the previous one."""
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self.repshift.reset()
+        return super().forward_features(x)
+
+
+@functools.cache
+def _patched_class(base: type) -> type:
+    cls = type(f"RepShift{base.__name__}", (RepShiftResNetModel, base), {})
+    cls.__module__ = __name__  # registered at module level so a patched model can still be pickled whole
+    globals()[cls.__name__] = cls
+    return cls
+
+
+def _halve(size: int, times: int) -> int:
+    """A side after ``times`` stride-2 layers (3x3/pad 1, 7x7/pad 3, 1x1/pad 0 all give ceil(s / 2))."""
+    for _ in range(times):
+        size = math.ceil(size / 2)
+    return size
+
+
+def grid_sizes(model: ResNet, input_hw: Sequence[int], layers: Sequence[int] = (), num: Sequence[int] = ()) -> list[dict]:
+    """Per stage: the ``(H, W)`` it outputs and, when scheduled, what pruning leaves (``None`` if not).
+
+    Arithmetic from timm's ``feature_info`` reductions (every stride-2 layer maps a side ``s`` to
+    ``ceil(s / 2)``), so it needs no forward; the tests check it against real forwards.
+    """
+    reductions = [info["reduction"] for info in model.feature_info[1:]]
+    drops = dict(zip(layers, num))
+    height, width = (_halve(side, int(math.log2(reductions[0]))) for side in input_hw)
+    previous, out = reductions[0], []
+    for layer, reduction in enumerate(reductions):
+        times = int(math.log2(reduction // previous))
+        height, width, previous = _halve(height, times), _halve(width, times), reduction
+        entry = {"stage": f"layer{layer + 1}", "output": (height, width), "pruned": None}
+        if drops.get(layer):
+            check_grid(drops[layer], height, width, layer)
+            height, width = height - drops[layer], width - drops[layer]
+            entry["pruned"] = (height, width)
+        out.append(entry)
+    return out
+
+
+class TimmResNetAdapter(Adapter):
+    family = "timm-resnet"
+    description = "timm ResNet models (ResNet-18/34/50/101/...) built from timm's BasicBlock or Bottleneck"
+    sites = ("mlp", "stage")
+    modes = ("line", "token")
+
+    def supports(self, model) -> bool:
+        return isinstance(model, ResNet)
+
+    def check(self, model) -> None:
+        for s, stage in enumerate(stages(model)):
+            for b, block in enumerate(stage):
+                if type(block) not in _BRANCH:
+                    raise TypeError(
+                        f"layer{s + 1}.{b} is a {type(block).__name__}; repshift.patch supports timm ResNets "
+                        "built from timm's BasicBlock or Bottleneck"
+                    )
+
+    def depth(self, model) -> int:
+        return len(stages(model))
+
+    def resolve_metric(self, model, metric: str) -> str:
+        if metric in scores.ATTENTION_METRICS:
+            raise ValueError(
+                f"metric={metric!r} scores tokens with an attention map, and a ResNet has none: use a "
+                f"representation-shift metric {scores.SHIFT_METRICS} or a control {scores.CONTROL_METRICS}"
+            )
+        return metric
+
+    def install(self, model, state: PruneState) -> None:
+        if state.ratio is not None and state.layers:
+            raise ValueError(
+                f"ratio={state.ratio}: on a ResNet give num= instead, the rows and columns dropped at each stage"
+            )
+        input_hw = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))[1:]
+        grid_sizes(model, input_hw, state.layers, state.num or ())  # a step larger than the grid fails here
+        model.__class__ = _patched_class(type(model))
+        for index, stage in enumerate(stages(model)):
+            stage.__class__ = RepShiftStage
+            stage.repshift_state = state
+            stage.repshift_layer = index
+
+    def uninstall(self, model) -> None:
+        for stage in stages(model):
+            stage.__class__ = nn.Sequential
+            del stage.repshift_state, stage.repshift_layer
+        model.__class__ = type(model).__bases__[1]  # (RepShiftResNetModel, original class)
+
+
+register_adapter(TimmResNetAdapter())
