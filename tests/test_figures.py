@@ -126,14 +126,17 @@ def test_readings_figure_draws_the_papers_table8_dashed(results_root):
     assert paper.get_ydata()[0] == paper_value("table8", "deit_s", "top50", "acc1", column="L1")
 
 
-def test_external_figures_are_copied_with_a_pdf(tmp_path):
-    from PIL import Image
+def test_external_figures_are_copied_with_their_pdf(tmp_path):
+    from matplotlib.figure import Figure
 
-    Image.new("RGB", (40, 30), "white").save(tmp_path / "fig7.png")
-    (tmp_path / "results" / "fig7").mkdir(parents=True)
-    (tmp_path / "fig7.png").rename(tmp_path / "results" / "fig7" / "fig7.png")
+    fig = Figure(figsize=(2, 1.5))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    figures.save_figure(fig, tmp_path / "results" / "fig7", "fig7")  # as repshift.report.fig7 writes it
     written = figures.collect_external_figures(tmp_path / "results", tmp_path / "out")
     assert list(written) == ["fig7"]
+    for suffix in (".png", ".pdf"):
+        copy = (tmp_path / "out" / "fig7").with_suffix(suffix)
+        assert copy.read_bytes() == (tmp_path / "results" / "fig7" / "fig7").with_suffix(suffix).read_bytes()
     assert (tmp_path / "out" / "fig7.png").read_bytes()[:8] == PNG_MAGIC
     assert (tmp_path / "out" / "fig7.pdf").read_bytes()[:5] == b"%PDF-"
 

@@ -16,6 +16,7 @@ from typing import Iterable
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from repshift.report.figures import save_figure
 from repshift.report.video_tables import FIG1_LABELS, fig1_points
 
 __all__ = ["plot_fig1", "main"]
@@ -62,7 +63,7 @@ def plot_fig1(points: list[dict], path: str | Path, *, title: str = "") -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    save_figure(fig, path.parent, path.stem, dpi=150)  # PNG and a vector PDF beside it
     return path
 
 

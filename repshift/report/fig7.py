@@ -30,7 +30,7 @@ from repshift.data import shapebench
 from repshift.data.transforms import eval_transform
 from repshift.models import build_model
 from repshift.patch import READINGS
-from repshift.report.figures import normalise_map, resize_map, to_uint8_image
+from repshift.report.figures import normalise_map, resize_map, save_figure, to_uint8_image
 
 MODEL = "resnet50.tv_in1k"
 # One ShapeBench image each of these classes (validation split, seed 0) when no --image is given.
@@ -87,7 +87,7 @@ def draw(path: Path, images: Sequence[np.ndarray], maps: Sequence[Sequence[torch
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path.parent, path.stem, dpi=120)  # PNG and a vector PDF beside it
     return path
 
 

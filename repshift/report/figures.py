@@ -506,19 +506,15 @@ def make_layer_figures(results_root: str | os.PathLike, out_dir: str | os.PathLi
 
 # --------------------------------------------------------------------------- figures drawn elsewhere
 
-#: Figures that other modules draw as a PNG only (Fig. 1: ``python -m repshift.report.fig1``, Fig. 7:
-#: ``python -m repshift.report.fig7 --out <results>/fig7``): name -> PNG path under the results root.
+#: Figures that other modules draw (Fig. 1: ``python -m repshift.report.fig1``, Fig. 7:
+#: ``python -m repshift.report.fig7 --out <results>/fig7``), each as a PNG with a vector PDF beside it
+#: (:func:`save_figure`): name -> PNG path under the results root.
 EXTERNAL_FIGURES: dict[str, str] = {"fig1": "tables/fig1.png", "fig7": "fig7/fig7.png"}
 
 
 def collect_external_figures(results_root: str | os.PathLike, out_dir: str | os.PathLike,
                              logger: Any = None) -> dict[str, list[Path]]:
-    """Copy each :data:`EXTERNAL_FIGURES` PNG that exists into ``out_dir`` beside a PDF of it; log it to W&B.
-
-    Those modules write a PNG only, so this PDF holds the PNG's pixels (not vectors).
-    """
-    from PIL import Image
-
+    """Copy each :data:`EXTERNAL_FIGURES` PNG that exists, and its PDF, into ``out_dir``; log the PNG to W&B."""
     from repshift.io import atomic_open
 
     written = {}
@@ -526,11 +522,13 @@ def collect_external_figures(results_root: str | os.PathLike, out_dir: str | os.
         source = Path(results_root) / relative
         if not source.is_file():
             continue
-        png, pdf = Path(out_dir) / f"{name}.png", Path(out_dir) / f"{name}.pdf"
-        with atomic_open(png, "wb") as fh:
-            fh.write(source.read_bytes())
-        with Image.open(source) as image, atomic_open(pdf, "wb") as fh:
-            image.convert("RGB").save(fh, format="PDF", resolution=150.0)
-        log_images(logger, {f"figures/{name}": png})
-        written[name] = [png, pdf]
+        copies = []
+        for origin in (source, source.with_suffix(".pdf")):
+            if origin.is_file():
+                target = Path(out_dir) / f"{name}{origin.suffix}"
+                with atomic_open(target, "wb") as fh:
+                    fh.write(origin.read_bytes())
+                copies.append(target)
+        log_images(logger, {f"figures/{name}": copies[0]})
+        written[name] = copies
     return written
