@@ -12,7 +12,7 @@ import repshift
 from repshift import scores
 from repshift.patch import find_adapter
 from repshift.select import gather_grid_lines, keep_grid_lines, keep_grid_tokens, keep_indices, protected_mask
-from conftest import TwoStreamToy
+from support import TwoStreamToy
 
 
 @pytest.fixture

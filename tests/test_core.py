@@ -11,7 +11,7 @@ from repshift import scores
 from repshift.attention import attend_with_map, record_kernels
 from repshift.bench import count_gmacs
 from repshift.select import drop_count, gather_tokens, keep_indices, protected_mask
-from conftest import distance_by_hand, tiny_vit, vit_block_tensors
+from support import distance_by_hand, tiny_vit, vit_block_tensors
 
 DEIT_S_SCHEDULE = dict(metric="l2", site="mlp", layers=(0, 3, 6), ratio=0.2)
 

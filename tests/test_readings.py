@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import repshift
-from conftest import distance_by_hand, tiny_vit, vit_block_tensors
+from support import distance_by_hand, tiny_vit, vit_block_tensors
 
 
 PAIRS = {

@@ -22,7 +22,7 @@ from repshift.bench import count_gmacs
 from repshift.patch.timm_resnet import grid_sizes
 from repshift.report import fig7
 from repshift.train import train
-from conftest import compose_run
+from support import compose_run
 
 
 def tiny_resnet(block=BasicBlock, layers=(1, 1, 1, 1), num_classes=10, seed=0) -> ResNet:

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, QUICK, ROOT, compose_run
-from conftest import run_module as run
+from support import CONFIGS, QUICK, ROOT, compose_run
+from support import run_module as run
 
 from repshift.run import method_name, run_name  # also registers the config resolvers
 

@@ -19,7 +19,7 @@ from repshift.models import umt
 from repshift.report.results import RunResult
 from repshift.report.video_tables import DATASETS, build_fig1, build_fig3_umt, build_table2, fig1_points
 
-from conftest import ROOT, run_module
+from support import ROOT, run_module
 
 #: A UMT-shaped encoder with 4 patches per frame (32x32 frames): cheap enough for every option.
 SMALL = dict(img_size=32, embed_dim=16, depth=3, num_heads=2, proj_dim=8)

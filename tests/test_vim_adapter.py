@@ -17,7 +17,7 @@ import pytest
 import timm
 import torch
 import yaml
-from conftest import CONFIGS, ROOT, compose_run
+from support import CONFIGS, ROOT, compose_run
 
 import repshift
 from repshift import scores

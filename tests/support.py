@@ -1,0 +1,164 @@
+"""Shared test helpers: tiny models (a timm ViT and a non-ViT test host with its adapter), hand-written
+block tensors, composed configs and commands run as a user would. Fixtures are in conftest.py.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import timm
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from torch import nn
+
+from repshift.patch import Adapter, PruneState, score_tokens
+from repshift.select import protected_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+# The tiny random ViT on a few ShapeBench images with 8 outputs (so accuracy is not trivially 0).
+QUICK = ["smoke=on", "model=tiny", "+model.kwargs.num_classes=8"]
+
+
+def tiny_vit(**kwargs) -> timm.models.vision_transformer.VisionTransformer:
+    """A 32x32 ViT with 4 patches: cheap enough to check by hand."""
+    torch.manual_seed(0)
+    args = dict(img_size=32, patch_size=16, embed_dim=16, depth=3, num_heads=2, num_classes=5)
+    args.update(kwargs)
+    return timm.models.vision_transformer.VisionTransformer(**args).eval()
+
+
+def vit_block_tensors(model, images) -> list[dict]:
+    """Per block of a timm ViT, every tensor of ``x' = x + ls1(attn(norm1(x)))``, ``x̂ = x' + ls2(mlp(norm2(x')))``,
+    computed from timm's own submodules: ``x, n1, a_raw, a, x_mid, n2, m_raw, m, x_out``."""
+    x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
+    out = []
+    for block in model.blocks:
+        n1 = block.norm1(x)
+        a_raw = block.attn(n1)
+        a = block.ls1(a_raw)
+        x_mid = x + a
+        n2 = block.norm2(x_mid)
+        m_raw = block.mlp(n2)
+        m = block.ls2(m_raw)
+        x_out = x_mid + m
+        out.append(dict(x=x, n1=n1, a_raw=a_raw, a=a, x_mid=x_mid, n2=n2, m_raw=m_raw, m=m, x_out=x_out))
+        x = x_out
+    return out
+
+
+def distance_by_hand(after, before, metric: str):
+    """The L2 / L1 / cosine distance per token, written out."""
+    diff = after - before
+    if metric == "l2":
+        return (diff**2).sum(-1).sqrt()
+    if metric == "l1":
+        return diff.abs().sum(-1)
+    return 1 - (after * before).sum(-1) / (after.norm(dim=-1) * before.norm(dim=-1))
+
+
+def compose_run(overrides: list[str], return_hydra_config: bool = False):
+    """``configs/run.yaml`` composed with ``overrides``, as ``python -m repshift.run`` would see it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("run", overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+def run_module(workdir: Path, *args: str, check: bool = True, env: dict | None = None,
+               module=("-m", "repshift.run")) -> subprocess.CompletedProcess:
+    """Run a repshift command in ``workdir`` the way a user would (W&B off unless ``env`` says otherwise)."""
+    command = [sys.executable, *module, *args]
+    environment = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), **(env or {})}
+    proc = subprocess.run(command, cwd=workdir, env=environment, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+# --------------------------------------------------------------------------- the non-ViT test host
+
+
+class ToyMixer(nn.Module):
+    """A Mamba-shaped layer: ``residual += hidden; hidden = F(LN(residual))`` (two streams out)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.mix = nn.Linear(channels, channels)
+
+    def forward(self, hidden, residual):
+        residual = residual + hidden
+        return self.mix(self.norm(residual)), residual
+
+
+class TwoStreamToy(nn.Module):
+    """Tokens ``[B, N, 4]`` -> logits; a class token sits in the middle of the sequence."""
+
+    def __init__(self, tokens: int = 8, channels: int = 6, depth: int = 3, classes: int = 3):
+        super().__init__()
+        self.tokens = tokens
+        self.embed = nn.Linear(4, channels)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, channels))
+        self.layers = nn.ModuleList(ToyMixer(channels) for _ in range(depth))
+        self.head = nn.Linear(channels, classes)
+
+    def embed_tokens(self, x):
+        """``(hidden, residual, class-token position)`` entering the first layer."""
+        middle = x.shape[1] // 2
+        h = self.embed(x)
+        h = torch.cat([h[:, :middle], self.cls_token.expand(len(x), -1, -1), h[:, middle:]], dim=1)
+        return h, torch.zeros_like(h), middle
+
+    def head_from(self, hidden, residual, is_cls):
+        """Logits from the class token, wherever it now sits (``is_cls``: ``[B, N]`` one-hot)."""
+        return self.head((hidden + residual)[is_cls])
+
+    def forward(self, x):
+        hidden, residual, middle = self.embed_tokens(x)
+        for layer in self.layers:
+            hidden, residual = layer(hidden, residual)
+        return self.head_from(hidden, residual, protected_mask(len(x), hidden.shape[1], [middle], x.device))
+
+
+class PatchedTwoStreamToy(TwoStreamToy):
+    def forward(self, x):
+        state: PruneState = self.repshift
+        state.reset()
+        hidden, residual, middle = self.embed_tokens(x)
+        state.begin(protected_mask(len(x), hidden.shape[1], [middle], x.device))
+        for index, layer in enumerate(self.layers):
+            state.enter(index, hidden.shape[1])
+            hidden, residual = layer(hidden, residual)
+            if state.scoring(index):
+                token_scores = score_tokens(state, index, sites={"mlp": (hidden, residual)}, like=hidden)
+                hidden, residual = state.prune(index, token_scores, hidden, residual)
+        return self.head_from(hidden, residual, state.book["protected"])
+
+
+class ToyAdapter(Adapter):
+    family = "toy-two-stream"
+    description = "the test suite's two-stream sequence model"
+    sites = ("mlp",)  # the mixer branch: D(F(LN(r)), r)
+
+    def supports(self, model) -> bool:
+        return isinstance(model, TwoStreamToy)
+
+    def depth(self, model) -> int:
+        return len(model.layers)
+
+    def droppable(self, model) -> int:
+        return model.tokens
+
+    def resolve_metric(self, model, metric: str) -> str:
+        if metric.startswith("attn"):
+            raise ValueError(f"metric={metric} needs attention maps; {self.family} has no attention")
+        return metric
+
+    def install(self, model, state: PruneState) -> None:
+        model.__class__ = PatchedTwoStreamToy
+
+    def uninstall(self, model) -> None:
+        model.__class__ = TwoStreamToy
