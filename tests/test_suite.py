@@ -9,6 +9,7 @@ import pytest
 from support import CONFIGS, QUICK, ROOT, compose_run
 from support import run_module as run
 
+from repshift.report import tables
 from repshift.run import method_name, run_name  # also registers the config resolvers
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
@@ -30,7 +31,8 @@ def results_under(folder):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment):
     cfg = compose_run([f"experiment={experiment}"])
-    assert cfg.experiment_name == experiment
+    # a few recipes write into the folder of the table they feed (readings_table8 -> readings, fig1 -> table2)
+    assert cfg.experiment_name == experiment or cfg.experiment_name in tables.TABLES
     assert set(cfg.task) <= {"train", "evaluate", "bench"}
 
 
