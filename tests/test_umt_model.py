@@ -11,7 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertModel
 
-from repshift.models import umt
+from repshift.models import RUNNER_KEYS, build_model, umt
 from repshift.models.umt_text import load_tokenizer, write_vocab
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
@@ -448,7 +448,7 @@ def test_fusion_width_must_match_the_video_width():
 
 def test_tiny_config_builds_a_working_random_model():
     config = yaml.safe_load((CONFIGS / "umt_tiny.yaml").read_text())
-    model, weights = umt.build(config)
+    model, weights = build_model(config)  # the runner's entry: family umt -> umt.build
     assert weights == {"real": False, "source": "random-init"}
     ids, mask = model.tokenize(["a person is cooking"], max_length=32)
     video = torch.randn(1, config["num_frames"], 3, 224, 224)
@@ -464,7 +464,8 @@ def test_tiny_config_builds_a_working_random_model():
 @pytest.mark.parametrize("name,size", [("umt_b", "b"), ("umt_l", "l")])
 def test_full_configs_name_their_size_and_tokenizer(name, size):
     config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    assert set(config) <= umt.CONFIG_KEYS
+    assert set(config) - set(RUNNER_KEYS) <= umt.CONFIG_KEYS
+    assert config["unit"] == "vid/s" and config["input_size"][1:] == [3, 224, 224]
     assert config["size"] == size and config["num_frames"] == 12 and config["family"] == "umt"
     assert config["tokenizer"] == f"bert-{'base' if size == 'b' else 'large'}-uncased"
 
@@ -484,11 +485,11 @@ def test_build_with_a_checkpoint_that_does_not_fit_fails(tmp_path):
     del state["itm_head.bias"]
     torch.save(state, tmp_path / "partial.pth")
     with pytest.raises(RuntimeError, match=r"does not fit UMT-B.*missing \['itm_head.bias'\]"):
-        umt.build({**config, "text": dict(config["text"], max_position_embeddings=64),
+        build_model({**config, "text": dict(config["text"], max_position_embeddings=64),
                    "checkpoint": str(tmp_path / "partial.pth")})
     state["itm_head.bias"] = torch.zeros(2)
     torch.save(state, tmp_path / "full.pth")
-    model, weights = umt.build({**config, "text": dict(config["text"], max_position_embeddings=64),
+    model, weights = build_model({**config, "text": dict(config["text"], max_position_embeddings=64),
                                 "checkpoint": str(tmp_path / "full.pth")})
     assert weights["real"] and weights["source"].endswith("full.pth")
     assert torch.equal(model.state_dict()["itm_head.weight"], state["itm_head.weight"])
