@@ -20,6 +20,7 @@ stream it hands over, and every per-token record, with the same indices.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional, Sequence, Union
 
@@ -168,6 +169,53 @@ def score_tokens(
     if state.metric == "none":
         return None
     raise ValueError(f"metric {state.metric!r} is not available for {state.family} models")
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def prenorm_block(state: PruneState, layer: int, x: Tensor, *, norm1, attn, norm2, mlp,
+                  ls1=_identity, ls2=_identity, drop1=_identity, drop2=_identity) -> Tensor:
+    """One pre-norm transformer block, ``x' = x + drop1(ls1(attn(norm1(x))))``, ``x̂ = x' + drop2(ls2(mlp(norm2(x'))))``,
+    that records its token count and, when ``layer`` scores, scores its tokens and prunes ``x̂``.
+
+    The shape timm's ViT blocks and UMT's share; ``attn`` provides ``forward_with_map`` for the attention metrics.
+    """
+    state.enter(layer, x.shape[1])
+    scoring = state.scoring(layer)
+    attn_map = None
+    x_norm = norm1(x)
+    if scoring and state.needs_map:
+        a_raw, attn_map = attn.forward_with_map(x_norm)
+    else:
+        a_raw = attn(x_norm)
+    a = ls1(a_raw)
+    x_mid = x + drop1(a)
+    x_mid_norm = norm2(x_mid)
+    m_raw = mlp(x_mid_norm)
+    m = ls2(m_raw)
+    x_out = x_mid + drop2(m)
+    if not scoring:
+        return x_out
+    sites = {
+        "attn": Branch(input=x, normed=x_norm, raw=a_raw, update=a, output=x_mid),
+        "mlp": Branch(input=x_mid, normed=x_mid_norm, raw=m_raw, update=m, output=x_out),
+        "block": (x_out, x),
+    }
+    token_scores = score_tokens(state, layer, sites=sites, attn_map=attn_map, like=x)
+    (x_out,) = state.prune(layer, token_scores, x_out)
+    return x_out
+
+
+@functools.cache
+def patched_class(mixin: type, base: type) -> type:
+    """``mixin`` put in front of ``base``: the class a patched module is switched to (uninstalling restores
+    ``__bases__[1]``). Registered in this module, so a patched model can still be pickled whole."""
+    cls = type(f"RepShift{base.__name__}", (mixin, base), {})
+    cls.__module__ = __name__
+    globals()[cls.__name__] = cls
+    return cls
 
 
 class Adapter:

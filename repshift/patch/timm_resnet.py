@@ -35,7 +35,6 @@ parameters and state-dict keys are untouched. Unscheduled stages run timm's own 
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
@@ -44,7 +43,7 @@ from torch import Tensor, nn
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from repshift import scores
-from repshift.patch.base import Adapter, Branch, PruneState, register_adapter, score_tokens
+from repshift.patch.base import Adapter, Branch, PruneState, patched_class, register_adapter, score_tokens
 from repshift.select import gather_grid_lines, keep_grid_lines, keep_grid_tokens
 
 # The residual branch F of each block type, module by module, in timm's order; then its final activation.
@@ -155,14 +154,6 @@ class RepShiftResNetModel:
         return super().forward_features(x)
 
 
-@functools.cache
-def _patched_class(base: type) -> type:
-    cls = type(f"RepShift{base.__name__}", (RepShiftResNetModel, base), {})
-    cls.__module__ = __name__  # registered at module level so a patched model can still be pickled whole
-    globals()[cls.__name__] = cls
-    return cls
-
-
 def _halve(size: int, times: int) -> int:
     """A side after ``times`` stride-2 layers (3x3/pad 1, 7x7/pad 3, 1x1/pad 0 all give ceil(s / 2))."""
     for _ in range(times):
@@ -228,7 +219,7 @@ class TimmResNetAdapter(Adapter):
             )
         input_hw = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))[1:]
         grid_sizes(model, input_hw, state.layers, state.num or ())  # a step larger than the grid fails here
-        model.__class__ = _patched_class(type(model))
+        model.__class__ = patched_class(RepShiftResNetModel, type(model))
         for index, stage in enumerate(stages(model)):
             stage.__class__ = RepShiftStage
             stage.repshift_state = state

@@ -18,7 +18,6 @@ Protected tokens are timm's prefix tokens (class, distillation, registers).
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 from torch import Tensor
@@ -26,7 +25,7 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from repshift import attention as kernels
-from repshift.patch.base import Adapter, Branch, PruneState, register_adapter, score_tokens
+from repshift.patch.base import Adapter, PruneState, patched_class, prenorm_block, register_adapter
 from repshift.select import protected_mask
 
 
@@ -70,31 +69,8 @@ class RepShiftBlock(Block):
         layer = self.repshift_layer
         if not state.book:  # the first block describes the sequence
             state.begin(protected_mask(x.shape[0], x.shape[1], range(self.repshift_num_prefix), x.device))
-        state.enter(layer, x.shape[1])
-        scoring = state.scoring(layer)
-
-        attn_map = None
-        x_norm = self.norm1(x)
-        if scoring and state.needs_map:
-            a_raw, attn_map = self.attn.forward_with_map(x_norm)
-        else:
-            a_raw = self.attn(x_norm)
-        a = self.ls1(a_raw)
-        x_mid = x + self.drop_path1(a)
-        x_mid_norm = self.norm2(x_mid)
-        m_raw = self.mlp(x_mid_norm)
-        m = self.ls2(m_raw)
-        x_out = x_mid + self.drop_path2(m)
-        if not scoring:
-            return x_out
-        sites = {
-            "attn": Branch(input=x, normed=x_norm, raw=a_raw, update=a, output=x_mid),
-            "mlp": Branch(input=x_mid, normed=x_mid_norm, raw=m_raw, update=m, output=x_out),
-            "block": (x_out, x),
-        }
-        token_scores = score_tokens(state, layer, sites=sites, attn_map=attn_map, like=x)
-        (x_out,) = state.prune(layer, token_scores, x_out)
-        return x_out
+        return prenorm_block(state, layer, x, norm1=self.norm1, attn=self.attn, norm2=self.norm2, mlp=self.mlp,
+                             ls1=self.ls1, ls2=self.ls2, drop1=self.drop_path1, drop2=self.drop_path2)
 
 
 def _reject_masks(attn_mask, is_causal) -> None:
@@ -110,15 +86,6 @@ class RepShiftModel:
         state.reset()
         with kernels.kernel_preference(state.attention, x.device):
             return super().forward_features(x, *args, **kwargs)
-
-
-@functools.cache
-def _patched_class(base: type) -> type:
-    cls = type(f"RepShift{base.__name__}", (RepShiftModel, base), {})
-    # Registered at module level so a patched model can still be pickled whole.
-    cls.__module__ = __name__
-    globals()[cls.__name__] = cls
-    return cls
 
 
 class TimmViTAdapter(Adapter):
@@ -148,7 +115,7 @@ class TimmViTAdapter(Adapter):
         return metric
 
     def install(self, model, state: PruneState) -> None:
-        model.__class__ = _patched_class(type(model))
+        model.__class__ = patched_class(RepShiftModel, type(model))
         for index, block in enumerate(model.blocks):
             block.__class__ = RepShiftBlock
             block.attn.__class__ = RepShiftAttention

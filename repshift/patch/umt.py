@@ -27,7 +27,6 @@ surviving tokens of each frame (a frame left with none gets the clip mean: see
 """
 from __future__ import annotations
 
-import functools
 import sys
 
 import torch
@@ -35,7 +34,7 @@ from torch import Tensor
 
 from repshift import attention as kernels
 from repshift import scores
-from repshift.patch.base import Adapter, Branch, PruneState, register_adapter, score_tokens
+from repshift.patch.base import Adapter, PruneState, patched_class, prenorm_block, register_adapter
 
 UMT_MODULE = "repshift.models.umt"
 
@@ -65,29 +64,7 @@ class RepShiftUMTBlock:
     def forward(self, x: Tensor) -> Tensor:
         state: PruneState = self.repshift_state
         layer = self.repshift_layer
-        state.enter(layer, x.shape[1])
-        scoring = state.scoring(layer)
-
-        attn_map = None
-        x_norm = self.norm1(x)
-        if scoring and state.needs_map:
-            a, attn_map = self.attn.forward_with_map(x_norm)
-        else:
-            a = self.attn(x_norm)
-        x_mid = x + a
-        x_mid_norm = self.norm2(x_mid)
-        m = self.mlp(x_mid_norm)
-        x_out = x_mid + m
-        if not scoring:
-            return x_out
-        sites = {
-            "attn": Branch(input=x, normed=x_norm, raw=a, update=a, output=x_mid),
-            "mlp": Branch(input=x_mid, normed=x_mid_norm, raw=m, update=m, output=x_out),
-            "block": (x_out, x),
-        }
-        token_scores = score_tokens(state, layer, sites=sites, attn_map=attn_map, like=x)
-        (x_out,) = state.prune(layer, token_scores, x_out)
-        return x_out
+        return prenorm_block(state, layer, x, norm1=self.norm1, attn=self.attn, norm2=self.norm2, mlp=self.mlp)
 
 
 class RepShiftUMTEncoder:
@@ -102,16 +79,6 @@ class RepShiftUMTEncoder:
             for block in self.blocks:
                 x = block(x)
         return x, state.book["frame"]
-
-
-@functools.cache
-def _patched_class(mixin: type, base: type) -> type:
-    """``mixin`` in front of ``base``; uninstalling restores ``__bases__[1]``."""
-    cls = type(f"RepShift{base.__name__}", (mixin, base), {})
-    # Registered at module level so a patched model can still be pickled whole.
-    cls.__module__ = __name__
-    globals()[cls.__name__] = cls
-    return cls
 
 
 def _encoder(model):
@@ -161,14 +128,14 @@ class UMTAdapter(Adapter):
 
     def install(self, model, state: PruneState) -> None:
         encoder = _encoder(model)
-        encoder.__class__ = _patched_class(RepShiftUMTEncoder, type(encoder))
+        encoder.__class__ = patched_class(RepShiftUMTEncoder, type(encoder))
         encoder.repshift_state = state
         if encoder is not model:  # the encoder alone can then be timed and counted as a patched model
             encoder.repshift = state
             encoder.repshift_via_retrieval = True
         for index, block in enumerate(encoder.blocks):
-            block.__class__ = _patched_class(RepShiftUMTBlock, type(block))
-            block.attn.__class__ = _patched_class(RepShiftUMTAttention, type(block.attn))
+            block.__class__ = patched_class(RepShiftUMTBlock, type(block))
+            block.attn.__class__ = patched_class(RepShiftUMTAttention, type(block.attn))
             block.repshift_state = block.attn.repshift_state = state
             block.repshift_layer = index
 

@@ -23,13 +23,12 @@ sample is read back from the gathered ``protected`` record, so the head reads it
 """
 from __future__ import annotations
 
-import functools
 
 from torch import Tensor
 
 from repshift import scores
 from repshift.models.vim import BiMambaMixer, VimBlock, VisionMamba
-from repshift.patch.base import Adapter, Branch, PruneState, register_adapter, score_tokens
+from repshift.patch.base import Adapter, Branch, PruneState, patched_class, register_adapter, score_tokens
 from repshift.select import protected_mask
 
 
@@ -72,15 +71,6 @@ class RepShiftVisionMamba:
         return hidden, residual, state.book["protected"].int().argmax(dim=1)
 
 
-@functools.cache
-def _patched_class(base: type) -> type:
-    cls = type(f"RepShift{base.__name__}", (RepShiftVisionMamba, base), {})
-    # Registered at module level so a patched model can still be pickled whole.
-    cls.__module__ = __name__
-    globals()[cls.__name__] = cls
-    return cls
-
-
 class VimAdapter(Adapter):
     family = "vim"
     description = "Vision Mamba (repshift.models.vim.VisionMamba: ViM-T, middle class token, bimamba v2)"
@@ -110,7 +100,7 @@ class VimAdapter(Adapter):
         return metric
 
     def install(self, model, state: PruneState) -> None:
-        model.__class__ = _patched_class(type(model))
+        model.__class__ = patched_class(RepShiftVisionMamba, type(model))
 
     def uninstall(self, model) -> None:
         model.__class__ = type(model).__bases__[1]  # (RepShiftVisionMamba, original class)
