@@ -597,3 +597,18 @@ def test_table8_and_fig3_show_the_controls():
                            make_result("fig3", method="static", metric="none", top1=58.0, layers=(2,)),
                            make_result("fig3", method="l2-attn", metric="l2", site="attn", top1=61.0, layers=(2,))])
     assert list(fig.index) == ["l2-attn", "Random (control)", "Static (control)"]
+
+
+def test_a_failing_wandb_call_turns_wandb_off_instead_of_ending_the_run():
+    from repshift.report.wandb_logger import WandbLogger
+
+    class DeadService:
+        def log(self, *args, **kwargs):
+            raise ConnectionResetError("Connection lost")
+
+    logger = WandbLogger(mode="disabled")
+    logger.run = DeadService()
+    with pytest.warns(RuntimeWarning, match="W&B logging failed .*ConnectionResetError: Connection lost"):
+        logger.log_metrics({"train/loss": 1.0})
+    assert logger.run is None
+    logger.log_metrics({"train/loss": 0.5})  # later calls are no-ops, not errors

@@ -14,8 +14,10 @@ and ``wandb sync`` merges them into one run).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -141,19 +143,32 @@ class WandbLogger:
         self.finish(exit_code=1 if exc_type is not None else None)
 
     # ------------------------------------------------------------------ logging
+    @contextlib.contextmanager
+    def _guarded(self, what: str):
+        """W&B is a record beside result.json, never a reason to lose a run: a failing call (its service
+        process killed by a requeue's SIGTERM, a full disk) turns W&B off for the rest of the run."""
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001 - wandb raises many types; all mean "W&B is gone"
+            warnings.warn(f"W&B {what} failed ({type(error).__name__}: {error}); the run goes on without W&B "
+                          "(its results still go to result.json)", RuntimeWarning, stacklevel=3)
+            self.run = None
+
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         if self.run is None:
             return
-        if step is None:
-            self.run.log(dict(metrics))
-        else:
-            self.run.log(dict(metrics), step=step)
+        with self._guarded("logging"):
+            if step is None:
+                self.run.log(dict(metrics))
+            else:
+                self.run.log(dict(metrics), step=step)
 
     def log_summary(self, summary: Mapping[str, Any]) -> None:
         if self.run is None:
             return
-        for key, value in summary.items():
-            self.run.summary[key] = value
+        with self._guarded("summary"):
+            for key, value in summary.items():
+                self.run.summary[key] = value
 
     def log_table(self, key: str, df: Any) -> None:
         """Log a pandas DataFrame as a ``wandb.Table``."""
@@ -168,4 +183,5 @@ class WandbLogger:
         for col in table_df.columns:
             if table_df[col].dtype.kind not in "biuf":
                 table_df[col] = table_df[col].astype(object)
-        self.run.log({key: wandb.Table(dataframe=table_df)})
+        with self._guarded("table logging"):
+            self.run.log({key: wandb.Table(dataframe=table_df)})
