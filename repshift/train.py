@@ -155,6 +155,11 @@ class _StopRequest:
         handlers = dict(self.previous)
         self.restore()
         signal.raise_signal(signum)
+        if signum == signal.SIGTERM:
+            # SIGTERM means the process is about to be killed (requeue, preemption, scancel); a handler that
+            # ignores it (submitit does) must not let training run on and write a result the cluster will
+            # then discard: stop here, the checkpoint of this step is on disk and a requeued run resumes it.
+            raise SystemExit(128 + signal.SIGTERM)
         # the previous handler returned (or ignores the signal): training goes on, still guarded
         for s in handlers:
             self.previous[s] = signal.signal(s, self._catch)
