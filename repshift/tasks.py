@@ -46,6 +46,11 @@ class Evaluator:
     run: Callable[[torch.nn.Module, DictConfig, torch.device], tuple[dict, dict]]  # -> (dataset info, metrics)
 
 
+def _amp_dtype(cfg: DictConfig, device: torch.device):
+    """Evaluation precision: the bench config's AMP dtype on CUDA, fp32 elsewhere."""
+    return bench.AMP_DTYPES[cfg.bench.amp_dtype] if device.type == "cuda" else None
+
+
 def _classification(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict]:
     dataset = build_dataset(cfg.dataset, split=cfg.dataset.split)
     metrics = evaluate_classification(
@@ -54,7 +59,7 @@ def _classification(model, cfg: DictConfig, device: torch.device) -> tuple[dict,
         batch_size=cfg.dataset.batch_size,
         num_workers=cfg.dataset.num_workers,
         device=device,
-        amp_dtype=bench.AMP_DTYPES[cfg.bench.amp_dtype] if device.type == "cuda" else None,
+        amp_dtype=_amp_dtype(cfg, device),
         progress=cfg.progress,
     )
     log.info("top-1 %.2f  top-5 %.2f  (n=%d, skipped=%d)", *(metrics[k] for k in ("top1", "top5", "n", "skipped")))
@@ -79,7 +84,7 @@ def _retrieval(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict
         batch_size=cfg.dataset.batch_size,
         num_workers=cfg.dataset.num_workers,
         device=device,
-        amp_dtype=bench.AMP_DTYPES[cfg.bench.amp_dtype] if device.type == "cuda" else None,
+        amp_dtype=_amp_dtype(cfg, device),
         k_test=cfg.dataset.k_test,
         itm=itm,
         progress=cfg.progress,

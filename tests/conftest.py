@@ -17,3 +17,15 @@ def toy_adapter():
     adapter = register_adapter(ToyAdapter())
     yield adapter
     unregister_adapter(adapter.family)
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    """Keep every W&B file in tmp_path and make sure nothing goes online."""
+    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home" / var.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    return tmp_path

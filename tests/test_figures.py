@@ -227,13 +227,8 @@ def test_map_blocks_must_exist(smoke_data):
 
 # --------------------------------------------------------------------------- W&B and make
 
-def test_figure_logged_to_wandb_offline(tmp_path, monkeypatch):
-    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb_home" / var.lower()))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
+def test_figure_logged_to_wandb_offline(wandb_env):
+    tmp_path = wandb_env
     from matplotlib.figure import Figure
 
     fig = Figure()

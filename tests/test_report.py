@@ -453,17 +453,6 @@ def test_cli_as_module(tmp_path):
 
 # --------------------------------------------------------------------------- W&B
 
-@pytest.fixture
-def wandb_env(tmp_path, monkeypatch):
-    """Keep every W&B file in tmp_path and make sure nothing goes online."""
-    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb_home" / var.lower()))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    return tmp_path
-
 
 def test_resolve_mode(monkeypatch):
     from repshift.report.wandb_logger import resolve_mode
