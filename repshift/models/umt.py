@@ -163,6 +163,7 @@ class UMTVision(nn.Module):
         img_size: int = 224,
         patch_size: int = 16,
         mlp_ratio: float = 4.0,
+        pooled: bool = True,
     ):
         super().__init__()
         self.embed_dim = embed_dim
@@ -175,8 +176,11 @@ class UMTVision(nn.Module):
         )
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
         self.norm = LayerNorm(embed_dim, eps=1e-6)
-        self.pool_norm = LayerNorm(embed_dim, eps=1e-6)
-        self.vision_proj = nn.Linear(embed_dim, proj_dim)
+        # The retrieval pooling head; UMT's QA model has none (it reads the tokens only), so pooled=False
+        # leaves these keys out of the state_dict as the QA checkpoints do.
+        if pooled:
+            self.pool_norm = LayerNorm(embed_dim, eps=1e-6)
+            self.vision_proj = nn.Linear(embed_dim, proj_dim)
 
     @property
     def patches_per_frame(self) -> int:
@@ -231,7 +235,10 @@ class UMTVision(nn.Module):
         tokens, frame_ids = self.forward_features(video)
         return tokens, self.pool(tokens, frame_ids, video.shape[1])
 
-    def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, video: Tensor) -> tuple[Tensor, Tensor] | Tensor:
+        """:meth:`encode`; an encoder without pooling head (``pooled=False``) returns the normed tokens only."""
+        if not hasattr(self, "pool_norm"):
+            return self.forward_features(video)[0]
         return self.encode(video)
 
 
@@ -239,7 +246,8 @@ def vision_encoder(size: str = "b", num_frames: int = 12, **overrides) -> UMTVis
     """UMT-B/16 (``size="b"``) or UMT-L/16 (``"l"``) vision encoder, random weights.
 
     ``overrides`` replace fields of the size (``embed_dim``, ``depth``, ``num_heads``, ``proj_dim``,
-    ``img_size``, ``patch_size``, ``mlp_ratio``), e.g. for tiny test models.
+    ``img_size``, ``patch_size``, ``mlp_ratio``), e.g. for tiny test models; ``pooled=False`` builds
+    the encoder without the retrieval pooling head (``pool_norm``, ``vision_proj``), as UMT's QA model has it.
     """
     if size not in VISION_SIZES:
         raise ValueError(f"unknown UMT size {size!r}; expected one of {sorted(VISION_SIZES)}")

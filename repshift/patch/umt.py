@@ -3,10 +3,11 @@
 ``repshift.patch`` serves two kinds of UMT model:
 
 - a :class:`~repshift.models.umt.UMTVision` (``vision_encoder("b")``): patched exactly as a DeiT is;
-- a :class:`~repshift.models.umt.UMTRetrieval`: its vision encoder (``model.vision``) is patched, the
-  text/fusion side is left alone (it cross-attends to whatever tokens survive). ``model.repshift`` and
+- a model that holds a UMT encoder as ``model.vision`` (:class:`~repshift.models.umt.UMTRetrieval`, the QA
+  model): its vision encoder is patched, the text side is left alone (it cross-attends to whatever tokens
+  survive). ``model.repshift`` and
   ``model.vision.repshift`` are the same :class:`~repshift.patch.base.PruneState`, so the encoder can be
-  timed or counted on its own; unpatch through the model that was patched (the retrieval model).
+  timed or counted on its own; unpatch through the model that was patched (the retrieval or QA model).
 
 Installing swaps the classes of the encoder, its blocks and their attention modules for subclasses
 defined here; parameters, buffers and state-dict keys are untouched, and uninstalling restores them.
@@ -82,17 +83,21 @@ class RepShiftUMTEncoder:
 
 
 def _encoder(model):
+    """The UMT encoder of ``model``: the model itself, or its ``vision`` (retrieval and QA models)."""
     umt = _umt()
-    return model.vision if isinstance(model, umt.UMTRetrieval) else model
+    return model if isinstance(model, umt.UMTVision) else model.vision
 
 
 class UMTAdapter(Adapter):
     family = "umt"
-    description = "UMT video encoders (repshift.models.umt.UMTVision) and UMT retrieval models (their encoder)"
+    description = ("UMT video encoders (repshift.models.umt.UMTVision) and models holding one as .vision "
+                   "(UMT retrieval and QA)")
 
     def supports(self, model) -> bool:
         umt = _umt()
-        return umt is not None and isinstance(model, (umt.UMTVision, umt.UMTRetrieval))
+        return umt is not None and (
+            isinstance(model, umt.UMTVision) or isinstance(getattr(model, "vision", None), umt.UMTVision)
+        )
 
     def check(self, model) -> None:
         umt = _umt()
@@ -132,7 +137,7 @@ class UMTAdapter(Adapter):
         encoder.repshift_state = state
         if encoder is not model:  # the encoder alone can then be timed and counted as a patched model
             encoder.repshift = state
-            encoder.repshift_via_retrieval = True
+            encoder.repshift_via_host = True
         for index, block in enumerate(encoder.blocks):
             block.__class__ = patched_class(RepShiftUMTBlock, type(block))
             block.attn.__class__ = patched_class(RepShiftUMTAttention, type(block.attn))
@@ -141,9 +146,9 @@ class UMTAdapter(Adapter):
 
     def uninstall(self, model) -> None:
         encoder = _encoder(model)
-        if encoder is model and getattr(encoder, "repshift_via_retrieval", False):
+        if encoder is model and getattr(encoder, "repshift_via_host", False):
             raise RuntimeError(
-                "this UMT encoder was patched through its retrieval model: call repshift.unpatch on that model"
+                "this UMT encoder was patched through the model that holds it: call repshift.unpatch on that model"
             )
         for block in encoder.blocks:
             block.__class__ = type(block).__bases__[1]
@@ -152,7 +157,7 @@ class UMTAdapter(Adapter):
         encoder.__class__ = type(encoder).__bases__[1]  # (RepShiftUMTEncoder, original class)
         del encoder.repshift_state
         if encoder is not model:
-            del encoder.repshift, encoder.repshift_via_retrieval
+            del encoder.repshift, encoder.repshift_via_host
 
 
 register_adapter(UMTAdapter())
