@@ -91,6 +91,12 @@ def test_shift_distances_by_hand():
     assert torch.allclose(scores.shift(after, before, "l1"), torch.tensor([[2.0, 2.0, 5.0]]))
     cos = torch.tensor([[1 - 1 / math.sqrt(5), 2.0, 1 - 7 / (5 * math.sqrt(2))]])
     assert torch.allclose(scores.shift(after, before, "cos"), cos, atol=1e-6)
+    # The same tokens with their channels strided (a [B, C, N] map seen as tokens) give the same distances
+    strided_after, strided_before = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (after, before))
+    assert strided_after.stride(-1) != 1
+    assert torch.allclose(scores.shift(strided_after, strided_before, "l2"), torch.tensor([[2.0, 2.0, math.sqrt(13)]]))
+    assert torch.allclose(scores.shift(strided_after, strided_before, "l1"), torch.tensor([[2.0, 2.0, 5.0]]))
+    assert torch.equal(strided_after, after)  # the inputs are not written to
 
 
 def test_attention_scores_by_hand():

@@ -127,6 +127,21 @@ def test_scores_are_the_shift_of_the_last_block():
 
 
 @torch.no_grad()
+def test_stage_site_scores_the_stage_output_against_its_projected_input():
+    # layer2 downsamples: its first block's projection P maps the stage input onto the output's shape.
+    model = tiny_resnet(layers=(1, 2, 1, 1))
+    seen = {}
+    model.layer2.register_forward_hook(lambda m, args, out: seen.update(x=args[0], out=out))
+    x = images()
+    model(x)
+    expected = (seen["out"] - model.layer2[0].downsample(seen["x"])).norm(dim=1)
+    repshift.patch(model, metric="l2", site="stage", layers=(), num=(), mode="line")
+    model.repshift.record = True
+    model(x)
+    assert torch.allclose(model.repshift.recorded[1], expected, atol=1e-5)
+
+
+@torch.no_grad()
 def test_line_wise_keeps_the_best_rows_and_columns_in_order():
     model = tiny_resnet()
     x = images()

@@ -1,5 +1,6 @@
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -289,5 +290,13 @@ def test_check_tool_all_splits_ok_and_missing_annotation(synth_root, tmp_path, c
     assert check_main(["dataset=lsmdc", f"dataset.root={tmp_path / 'empty'}"]) == 1
     assert "ANNOTATION PROBLEM: Annotation file not found" in capsys.readouterr().out
     assert check_main(["dataset=imagenet"]) == 2  # not a video-text dataset
+    # a QA set: its questions and answer list parse, every video its questions reference decodes
+    assert check_main(["dataset=msrvtt_qa", f"dataset.root={synth_root}", "--workers", "0"]) == 0
+    assert "18 entries -> 6 videos, 18 texts" in capsys.readouterr().out
+    broken = tmp_path / "broken_qa"
+    shutil.copytree(synth_root, broken)
+    (broken / "annotations" / "msvd_qa_answer_list.json").write_text("{}")
+    assert check_main(["dataset=msvd_qa", f"dataset.root={broken}", "--no-decode"]) == 1
+    assert "ANNOTATION PROBLEM: Answer list" in capsys.readouterr().out
     assert check_main(["dataset=msrvtt", "dataset.no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err

@@ -1,7 +1,9 @@
 """Check a video-text dataset folder before a long run: ``python -m repshift.data.check dataset=msrvtt dataset.root=...``
 
+Retrieval sets (``evaluator: retrieval``) and video QA sets (``evaluator: qa``, e.g. ``dataset=msrvtt_qa``).
 For every split in ``dataset.anno_files`` (or only ``dataset.split`` with ``--split-only``): the annotation file is
-found and parses in UMT's schema, and every video it references is present and decodes (the sampled frames are
+found and parses in UMT's schema (a QA set's answer list too; its "texts" are its questions), and every video it
+references is present and decodes (the sampled frames are
 read with ``dataset.video_reader``, as the evaluation will). Prints per split the entries, videos, texts, and
 which videos are missing or unreadable, then exits 0 when everything is there, 1 when something is missing or
 unreadable, 2 when the configuration itself is wrong.
@@ -25,11 +27,14 @@ from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader, Dataset
 
 from repshift.data.video import ClipLoader, CorruptVideoError, resolve_reader
+from repshift.data.video_qa import load_answer_list, load_qa_annotations
 from repshift.data.video_text import AnnotationError, build_retrieval_index, load_annotations
 
 __all__ = ["CONFIG_DIR", "SplitReport", "load_dataset_config", "check_split", "main"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: The evaluators whose datasets this command checks.
+VIDEO_EVALUATORS = ("retrieval", "qa")
 
 
 def load_dataset_config(overrides: list[str], config_dir: str | os.PathLike = CONFIG_DIR) -> DictConfig:
@@ -104,19 +109,25 @@ def check_split(cfg: DictConfig, split: str, *, decode: bool = True, workers: in
     anno_path = str(cfg.anno_files[split])
     report = SplitReport(split, anno_path)
     try:
-        entries = load_annotations(anno_path)
-        index = build_retrieval_index(entries, cfg.is_paragraph, cfg.has_multi_vision_gt)
+        if cfg.evaluator == "qa":
+            load_answer_list(cfg.answer_list)
+            entries = load_qa_annotations(anno_path)
+            videos, texts = list(dict.fromkeys(e["video"] for e in entries)), len(entries)
+        else:
+            entries = load_annotations(anno_path)
+            index = build_retrieval_index(entries, cfg.is_paragraph, cfg.has_multi_vision_gt)
+            videos, texts = index.videos, len(index.texts)
     except AnnotationError as e:
         report.anno_error = str(e)
         return report
-    report.entries, report.videos, report.texts = len(entries), len(index.videos), len(index.texts)
-    paths = [str(Path(cfg.video_dir) / v) for v in index.videos]
+    report.entries, report.videos, report.texts = len(entries), len(videos), texts
+    paths = [str(Path(cfg.video_dir) / v) for v in videos]
     present = []
     for path in paths:
         (present if os.path.isfile(path) else report.missing).append(path)
     if decode and present:
         loader = ClipLoader(num_frames=cfg.num_frames, img_size=cfg.img_size, sampling=cfg.sampling,
-                            trimmed30=cfg.trimmed30, reader=cfg.video_reader)
+                            trimmed30=cfg.get("trimmed30", False), reader=cfg.video_reader)
         probes = DataLoader(_Probe(present, loader), batch_size=None, num_workers=workers)
         if progress:
             from tqdm.auto import tqdm
@@ -168,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     try:
         cfg = load_dataset_config(args.overrides).dataset
-        if cfg.get("evaluator") != "retrieval":
-            raise ValueError(f"dataset={cfg.name} is not a video-text retrieval dataset (evaluator: {cfg.get('evaluator')})")
+        if cfg.get("evaluator") not in VIDEO_EVALUATORS:
+            raise ValueError(f"dataset={cfg.name} is not a video-text dataset (evaluator: {cfg.get('evaluator')}; "
+                             f"this checks {', '.join(VIDEO_EVALUATORS)})")
         if cfg.get("generate"):
             from repshift.data import synthetic_video
 

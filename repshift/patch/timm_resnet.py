@@ -62,8 +62,8 @@ def stages(model: ResNet) -> list[nn.Sequential]:
     return found
 
 
-def _block_parts(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(shortcut, branch, output)`` of one timm block: ``output = act(shortcut + branch)``."""
+def _block_branch(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(shortcut, branch)`` of one timm block, whose output is ``act(shortcut + branch)``."""
     shortcut = x if block.downsample is None else block.downsample(x)
     branch = x
     for name in _BRANCH[type(block)]:
@@ -72,7 +72,12 @@ def _block_parts(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         branch = block.se(branch)
     if block.drop_path is not None:
         branch = block.drop_path(branch)
-    return shortcut, branch, getattr(block, _FINAL_ACT[type(block)])(shortcut + branch)
+    return shortcut, branch
+
+
+def _block_output(block: nn.Module, shortcut: Tensor, branch: Tensor) -> Tensor:
+    """``act(shortcut + branch)``, summed into ``branch`` (as timm's blocks do: no new feature map)."""
+    return getattr(block, _FINAL_ACT[type(block)])(branch.add_(shortcut))
 
 
 def _tokens(x: Tensor) -> Tensor:
@@ -106,25 +111,12 @@ class RepShiftStage(nn.Sequential):
         state.enter(layer, x.shape[2] * x.shape[3])
         if not state.scoring(layer):
             return super().forward(x)
-        last = len(self) - 1
-        for index, block in enumerate(self):
-            if index == 0 or index == last:
-                shortcut, branch, out = _block_parts(block, x)
-                if index == 0:
-                    stage_shortcut = shortcut
-            else:
-                out = block(x)
-            x = out
         if state.metric in scores.SHIFT_METRICS:
-            sites = {
-                "mlp": Branch(input=_tokens(shortcut), normed=_tokens(shortcut), raw=_tokens(branch),
-                              update=_tokens(branch), output=_tokens(out)),
-                "stage": (_tokens(out), _tokens(stage_shortcut)),
-            }
-        else:
-            sites = None
+            out, token_scores = self._forward_scored(state, layer, x)
+        else:  # controls: timm's own forward, then scores that need no features (random) or none (static)
+            out = super().forward(x)
+            token_scores = score_tokens(state, layer, like=_tokens(out))
         batch, _, height, width = out.shape
-        token_scores = score_tokens(state, layer, sites=sites, like=_tokens(out))
         score_map = None if token_scores is None else token_scores.view(batch, height, width)
         if state.record and score_map is not None:
             state.recorded.append(score_map)
@@ -134,7 +126,8 @@ class RepShiftStage(nn.Sequential):
         num = step[1]
         check_grid(num, height, width, layer)
         if score_map is None:  # static control: the same grid, no scores
-            return out[:, :, : height - num, : width - num]
+            # contiguous, as the gathers below are: a strided crop would make every conv of the next stage copy it
+            return out[:, :, : height - num, : width - num].contiguous()
         # Select on a one-channel map of flat positions, then move the features with a single gather:
         # on the CPU that is several times faster than gathering the wide feature map row- then column-wise.
         positions = torch.arange(height * width, device=out.device).view(1, 1, height, width).expand(batch, 1, -1, -1)
@@ -144,6 +137,32 @@ class RepShiftStage(nn.Sequential):
         else:
             kept = keep_grid_tokens(positions, score_map, num, state.keep)
         return _gather_positions(out, kept)
+
+    def _forward_scored(self, state: PruneState, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The stage's output and its representation-shift scores ``[B, H*W]`` at ``state.site``.
+
+        Only the tensors the site needs are kept: the last block's shortcut and branch (``mlp``), or the
+        first block's shortcut (``stage``); the mlp scores are taken before the last block sums its branch
+        into the shortcut in place, so scoring adds no feature map of its own but the difference.
+        """
+        blocks = list(self)
+        stage_shortcut = None
+        if state.site == "stage":
+            stage_shortcut, branch = _block_branch(blocks[0], x)
+            x = _block_output(blocks[0], stage_shortcut, branch)  # sums into branch: the shortcut stays intact
+            blocks = blocks[1:]
+        if not blocks:  # a one-block stage: its first block is its last
+            return x, score_tokens(state, layer, sites={"stage": (_tokens(x), _tokens(stage_shortcut))}, like=_tokens(x))
+        for block in blocks[:-1]:
+            x = block(x)
+        shortcut, branch = _block_branch(blocks[-1], x)
+        if state.site == "mlp":
+            # Branch.pair("update") forms shortcut + branch itself; it is not needed otherwise.
+            site = Branch(input=_tokens(shortcut), normed=_tokens(shortcut), raw=_tokens(branch), update=_tokens(branch))
+            token_scores = score_tokens(state, layer, sites={"mlp": site}, like=_tokens(branch))
+            return _block_output(blocks[-1], shortcut, branch), token_scores
+        out = _block_output(blocks[-1], shortcut, branch)
+        return out, score_tokens(state, layer, sites={"stage": (_tokens(out), _tokens(stage_shortcut))}, like=_tokens(out))
 
 
 class RepShiftResNetModel:
