@@ -7,11 +7,17 @@ function returns the attention output merged back to ``[B, N, H * head_dim]``.
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``; on CUDA the FlashAttention
   kernel is put first in the priority list, so it runs whenever dtype and shape allow it.
 - ``flash_attn``: the flash-attn package (fp16/bf16 CUDA tensors only).
+
+``key_bias`` ``[B, N]`` (optional) is added to every query's logit for key ``j``: token merging's
+proportional attention, ``softmax(q kᵀ · scale + log size) v`` (:mod:`repshift.merge`). SDPA takes it as a
+float ``attn_mask``, which its FlashAttention kernel on CUDA cannot: there the memory-efficient kernel runs
+(on the CPU, PyTorch's CPU flash kernel takes masks); the flash-attn package has no per-key bias, so it
+refuses one. :func:`record_kernels` labels a kernel that received a bias ``<kernel>+bias``.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,19 +62,50 @@ def _merge_heads(out: Tensor) -> Tensor:
     return out.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
+def _key_mask(key_bias: Tensor, like: Tensor) -> Tensor:
+    """``[B, N]`` per-key bias -> a float mask ``[B, 1, 1, N]`` that broadcasts over heads and queries."""
+    return key_bias[:, None, None, :].to(like.dtype)
+
+
 def attention_map(q: Tensor, k: Tensor, scale: float, dropout_p: float = 0.0) -> Tensor:
     """The softmax attention probabilities ``[B, H, N, N]`` (queries on dim 2)."""
     probs = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
     return F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
 
 
-def attend_with_map(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: float = 0.0):
-    """Eager attention that also returns the probabilities it used: ``(out, probs)``."""
-    probs = attention_map(q, k, scale, dropout_p)
-    return _merge_heads(probs @ v), probs
+def attend_with_map(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: float = 0.0,
+                    key_bias: Optional[Tensor] = None):
+    """Eager attention that also returns a probability map: ``(out, probs)``.
+
+    Without ``key_bias`` ``probs`` are the ones ``out`` used. With it, ``out`` uses the biased softmax and
+    ``probs`` stay the **unbiased** ones, as vid-TLDR scores saliency from the map before its size bias.
+    """
+    if key_bias is None:
+        probs = attention_map(q, k, scale, dropout_p)
+        return _merge_heads(probs @ v), probs
+    logits = (q * scale) @ k.transpose(-2, -1)
+    used = (logits + _key_mask(key_bias, logits)).softmax(dim=-1)
+    if dropout_p > 0:
+        used = F.dropout(used, p=dropout_p)
+    return _merge_heads(used @ v), logits.softmax(dim=-1)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, backend: str, scale: float, dropout_p: float = 0.0) -> Tensor:
+def attend(q: Tensor, k: Tensor, v: Tensor, backend: str, scale: float, dropout_p: float = 0.0,
+           key_bias: Optional[Tensor] = None) -> Tensor:
+    """Attention output ``[B, N, C]`` through ``backend``; ``key_bias`` ``[B, N]`` is added to the logits per key."""
+    if key_bias is not None:
+        if backend == "sdpa":
+            mask = _key_mask(key_bias, q)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+            return _merge_heads(out)
+        if backend == "eager":
+            return attend_with_map(q, k, v, scale, dropout_p, key_bias)[0]
+        if backend == "flash_attn":
+            raise ValueError(
+                "attention='flash_attn' has no per-key bias, which proportional attention needs: use attention='sdpa' "
+                "(the bias runs on its memory-efficient kernel) or merge without proportional attention"
+            )
+        raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
     if backend == "sdpa":
         # SDPA's default scale is 1/sqrt(head_dim); passing timm's own keeps custom head dims exact.
         return _merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale))
@@ -116,7 +153,13 @@ class _KernelRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         if name in _KERNEL_OPS:
-            self.kernels.add(_KERNEL_OPS[name])
+            label = _KERNEL_OPS[name]
+            # A fused SDPA kernel gets the mask as a tensor after q, k, v (positional or attn_mask=...).
+            if name.startswith("_scaled_dot_product") and any(
+                isinstance(a, torch.Tensor) for a in (*args[3:], *(kwargs or {}).values())
+            ):
+                label += "+bias"
+            self.kernels.add(label)
         return func(*args, **(kwargs or {}))
 
 

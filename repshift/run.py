@@ -103,6 +103,7 @@ def compress_model(model, cfg: DictConfig):
             keep=c.keep,
             reading=cfg.reading,
             mode=c.get("mode", "sequence"),
+            proportional=c.get("proportional", True),  # mode=merge: proportional attention (compress=vid_tldr)
         )
     except (TypeError, ValueError) as error:
         raise ValueError(
@@ -162,7 +163,7 @@ def execute(cfg: DictConfig, todo: list[str], device: torch.device, rank: int, w
         "site": cfg.site.name,
         "reading": cfg.reading,
         "attention": cfg.attention.name,
-        "compress": OmegaConf.to_container(cfg.compress) if compresses(cfg) else None,
+        "compress": OmegaConf.to_container(cfg.compress, resolve=True) if compresses(cfg) else None,
         "weights": weights,
         "world_size": world,
     }

@@ -6,11 +6,13 @@
   input ``model.checkpoint``) after every epoch and a rerun resumes from it.
 - ``evaluate``: the dataset's evaluator (``dataset.evaluator``): ``classification`` (top-1/top-5)
   or ``retrieval`` (video-text R@1/5/10 both ways and their harmonic means, UMT's ITM-re-ranked
-  ranking, plus the embedding-only one as ``emb_*``). An evaluator states what it needs from the
-  model, so asking a model for a task it cannot serve fails before any data is read.
+  ranking, plus the embedding-only one as ``emb_*``) or ``qa`` (video question answering by UMT's
+  answer-list ranking, exact-match accuracy; the per-question predictions go to ``predictions.json``
+  beside ``result.json``). An evaluator states what it needs from the model, so asking a model for a
+  task it cannot serve fails before any data is read.
 - ``bench``: throughput on random input of the model's ``input_size``, in the model's ``unit``,
   and GMACs of one sample, of the part of the model that pruning changes: the whole model, or the
-  vision encoder of a video-text retrieval model (the text side is not pruned; the paper and
+  vision encoder of a video-text retrieval or QA model (the text side is not pruned; the paper and
   vid-TLDR time and count the encoder). The record says which part.
 
 The runner (:mod:`repshift.run`) runs them in the order of :data:`TASKS`, whatever the order of
@@ -18,18 +20,24 @@ the list; this module is the only other place that reads the run config.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from repshift import bench
 from repshift.data.build import build_dataset, describe_dataset
+from repshift.evaluate import distributed
 from repshift.evaluate.classification import evaluate as evaluate_classification
+from repshift.evaluate.qa import QA_METHODS, evaluate_qa
+from repshift.evaluate.qa import format_metrics as format_qa
 from repshift.evaluate.retrieval import evaluate_retrieval, format_metrics
+from repshift.io import atomic_open
 from repshift.train import train
 
 log = logging.getLogger("repshift.run")
@@ -46,22 +54,21 @@ class Evaluator:
     run: Callable[[torch.nn.Module, DictConfig, torch.device], tuple[dict, dict]]  # -> (dataset info, metrics)
 
 
-def _amp_dtype(cfg: DictConfig, device: torch.device):
-    """Evaluation precision: the bench config's AMP dtype on CUDA, fp32 elsewhere."""
-    return bench.AMP_DTYPES[cfg.bench.amp_dtype] if device.type == "cuda" else None
+def _loader_settings(cfg: DictConfig, device: torch.device) -> dict:
+    """What every evaluator takes from the run: loader batch and workers, device, precision (the bench config's
+    AMP dtype on CUDA, fp32 elsewhere) and progress bars."""
+    return dict(
+        batch_size=cfg.dataset.batch_size,
+        num_workers=cfg.dataset.num_workers,
+        device=device,
+        amp_dtype=bench.AMP_DTYPES[cfg.bench.amp_dtype] if device.type == "cuda" else None,
+        progress=cfg.progress,
+    )
 
 
 def _classification(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict]:
     dataset = build_dataset(cfg.dataset, split=cfg.dataset.split)
-    metrics = evaluate_classification(
-        model,
-        dataset,
-        batch_size=cfg.dataset.batch_size,
-        num_workers=cfg.dataset.num_workers,
-        device=device,
-        amp_dtype=_amp_dtype(cfg, device),
-        progress=cfg.progress,
-    )
+    metrics = evaluate_classification(model, dataset, **_loader_settings(cfg, device))
     log.info("top-1 %.2f  top-5 %.2f  (n=%d, skipped=%d)", *(metrics[k] for k in ("top1", "top5", "n", "skipped")))
     return describe_dataset(cfg.dataset, dataset), metrics
 
@@ -81,13 +88,9 @@ def _retrieval(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict
     out = evaluate_retrieval(
         model,
         dataset,
-        batch_size=cfg.dataset.batch_size,
-        num_workers=cfg.dataset.num_workers,
-        device=device,
-        amp_dtype=_amp_dtype(cfg, device),
         k_test=cfg.dataset.k_test,
         itm=itm,
-        progress=cfg.progress,
+        **_loader_settings(cfg, device),
     )
     ranking = "itm" if itm else "emb"
     metrics = {**out[ranking], **{f"emb_{k}": v for k, v in out["emb"].items()}}
@@ -97,6 +100,35 @@ def _retrieval(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict
     described = describe_dataset(cfg.dataset, dataset)
     described["ranking"] = {"name": ranking, "description": out["rankings"][ranking]}
     return described, metrics
+
+
+#: Where the QA evaluator writes the per-question predictions, beside result.json.
+PREDICTIONS_FILE = "predictions.json"
+
+
+def _qa(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict]:
+    """UMT's QA evaluation: exact-match accuracy (``acc``, %) of the answer ranked first, and the counts.
+
+    The per-question predictions are written (rank 0, atomically) to ``predictions.json`` in the run folder, and
+    the dataset record names that file.
+    """
+    dataset = build_dataset(cfg.dataset, split=cfg.dataset.split)
+    out = evaluate_qa(
+        model,
+        dataset,
+        k_test=cfg.dataset.k_test,
+        **_loader_settings(cfg, device),
+    )
+    predictions = out.pop("predictions")
+    log.info("QA %s", format_qa(out))
+    described = describe_dataset(cfg.dataset, dataset)
+    if HydraConfig.initialized():
+        path = Path(HydraConfig.get().runtime.output_dir) / PREDICTIONS_FILE
+        if distributed.is_main():
+            with atomic_open(path) as fh:
+                json.dump(predictions, fh, indent=1)
+        described["predictions"] = PREDICTIONS_FILE
+    return described, out
 
 
 EVALUATORS: dict[str, Evaluator] = {
@@ -110,6 +142,11 @@ EVALUATORS: dict[str, Evaluator] = {
         "model.part=retrieval",
         serves=lambda model: all(callable(getattr(model, m, None)) for m in RETRIEVAL_METHODS),
         run=_retrieval,
+    ),
+    "qa": Evaluator(
+        needs="a video QA model (" + ", ".join(QA_METHODS) + "), e.g. model=umt_b_qa",
+        serves=lambda model: all(callable(getattr(model, m, None)) for m in QA_METHODS),
+        run=_qa,
     ),
 }
 
@@ -165,7 +202,9 @@ def run_train(model, cfg: DictConfig, device: torch.device, log_epoch: Callable[
 
 def bench_part(model) -> tuple[torch.nn.Module, str]:
     """``(module, what it is)``: what bench times and counts, the part of the model that pruning changes."""
-    if all(callable(getattr(model, m, None)) for m in RETRIEVAL_METHODS) and hasattr(model, "vision"):
+    video_text = any(all(callable(getattr(model, m, None)) for m in methods)
+                     for methods in (RETRIEVAL_METHODS, QA_METHODS))
+    if video_text and hasattr(model, "vision"):
         return model.vision, "vision encoder"
     return model, f"whole model ({type(model).__name__.removeprefix('RepShift')})"
 

@@ -78,6 +78,28 @@ def run_module(workdir: Path, *args: str, check: bool = True, env: dict | None =
     return proc
 
 
+#: What torchrun sets in a worker's environment; a test must not pass its own on to the workers it launches.
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def run_torchrun_workers(worker_source: str, tmp_path: Path, tests_dir: Path) -> list[dict]:
+    """Run ``worker_source`` (a script template with ``{tests_dir}`` and ``{out_dir}``) on two CPU processes
+    under torchrun; each writes ``rank<r>.json`` to ``tmp_path``; returns them in rank order."""
+    import json
+    import textwrap
+
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(worker_source).format(tests_dir=str(tests_dir), out_dir=str(tmp_path)))
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
 # --------------------------------------------------------------------------- the non-ViT test host
 
 

@@ -1,9 +1,4 @@
-import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,7 +8,7 @@ from torch import nn
 from repshift.evaluate import distributed as D
 from repshift.evaluate.classification import evaluate
 
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+from support import TORCHRUN_VARS, run_torchrun_workers
 
 
 class LookupModel(nn.Module):
@@ -217,22 +212,7 @@ D.cleanup()
 
 
 def test_torchrun_two_processes_match_single_process(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(
-        textwrap.dedent(WORKER).format(tests_dir=str(Path(__file__).parent), out_dir=str(tmp_path))
-    )
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    outs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    outs = run_torchrun_workers(WORKER, tmp_path, Path(__file__).parent)
 
     model, ds = random_problem()
     single = evaluate(model, ds, batch_size=2, progress=False)

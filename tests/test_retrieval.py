@@ -1,9 +1,5 @@
 import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +20,8 @@ from repshift.evaluate.retrieval import (
     topk_candidates,
 )
 
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+from support import run_torchrun_workers
+
 KEYS = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "r_mean", "hm_r1", "hm_r5", "hm_r10"]
 
 
@@ -318,16 +315,7 @@ D.cleanup()
 
 
 def test_torchrun_two_processes_match_single_process(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent(WORKER).format(tests_dir=str(Path(__file__).parent), out_dir=str(tmp_path)))
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    outs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    outs = run_torchrun_workers(WORKER, tmp_path, Path(__file__).parent)
 
     model, ds = random_problem()
     single = evaluate_retrieval(model, ds, batch_size=2, k_test=3, text_batch_size=4, itm_batch_size=2, progress=False)

@@ -13,6 +13,8 @@ from repshift.evaluate import distributed
 def build_dataset(cfg, split: str, training: bool = False) -> Dataset:
     """``cfg`` is the ``dataset`` config group (root, split, img_size, crop_pct, generate, limit, ...).
 
+    A config with ``answer_list`` is a video QA set in UMT's format
+    (:meth:`repshift.data.video_qa.VideoQADataset.from_config`; SMOKE writes synthetic QA files first).
     A config with ``anno_files`` is a video-text retrieval set in UMT's annotation format
     (:meth:`repshift.data.video_text.VideoTextRetrievalDataset.from_config`, which also writes the
     synthetic clips of ``synthetic_video`` on first use). Otherwise it is an image folder; one with
@@ -20,6 +22,10 @@ def build_dataset(cfg, split: str, training: bool = False) -> Dataset:
     torchrun, the others wait). ``limit`` keeps N images spread evenly over the split, so a quick
     check still sees every class.
     """
+    if cfg.get("answer_list"):
+        from repshift.data.video_qa import VideoQADataset
+
+        return VideoQADataset.from_config(cfg, split)
     if cfg.get("anno_files"):
         from repshift.data.video_text import VideoTextRetrievalDataset
 
@@ -44,9 +50,12 @@ def build_dataset(cfg, split: str, training: bool = False) -> Dataset:
 
 
 def describe_dataset(cfg, dataset: Dataset) -> dict:
-    """What a result file records about the data a run saw (``n``: images, or videos of a video-text set)."""
+    """What a result file records about the data a run saw (``n``: images, videos of a video-text set, or
+    questions of a QA set)."""
     record = {"name": cfg.name, "root": str(cfg.root), "split": cfg.split, "synthetic": bool(cfg.synthetic),
               "n": len(dataset)}
     if hasattr(dataset, "texts"):
         record["n_texts"] = len(dataset.texts)
+    if hasattr(dataset, "answer_list"):
+        record["n_answers"] = len(dataset.answer_list)
     return record

@@ -18,6 +18,11 @@ The annotation files carry the real datasets' file names (``msrvtt_ret_test1k.js
 ``{"video": file, "caption": [str, ...]}`` (MSVD: several captions per video; ActivityNet, DiDeMo: the sentences
 of a paragraph), and of ``{"video": [file, ...], "caption": str}`` (SSV2 label and template: several ground-truth
 videos per text).
+
+Video QA files (UMT's MSRVTT-QA and MSVD-QA names, ``msrvtt_qa_test.json`` + ``msrvtt_qa_answer_list.json``,
+``msvd_qa_test.json`` + ``msvd_qa_answer_list.json``): three questions per clip (its colour, its shape, its
+direction), each a ``{"video", "question", "answer", "question_id"}`` entry (int ids for MSRVTT-QA, string ids for
+MSVD-QA, so both id types are exercised), and the answer list of every colour, shape and direction.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ import numpy as np
 
 from repshift.io import atomic_open
 
-__all__ = ["COLOURS", "SHAPES", "DIRECTIONS", "ANNOTATION_FILES", "clip_attributes", "render_clip", "write_mp4",
-           "generate", "ensure"]
+__all__ = ["COLOURS", "SHAPES", "DIRECTIONS", "ANNOTATION_FILES", "QA_FILES", "clip_attributes", "render_clip",
+           "write_mp4", "qa_annotations", "generate", "ensure"]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -53,6 +58,12 @@ ANNOTATION_FILES: dict[str, tuple[str, ...]] = {
     "lsmdc": ("lsmdc_ret_test_1000.json",),
     "ssv2_label": ("ssv2_ret_label_val_small.json",),
     "ssv2_template": ("ssv2_ret_template_val_small.json",),
+}
+
+#: UMT video QA file names (relative to ``<root>/annotations``): ``format -> (questions, answer list)``.
+QA_FILES: dict[str, tuple[str, str]] = {
+    "msrvtt_qa": ("msrvtt_qa_test.json", "msrvtt_qa_answer_list.json"),
+    "msvd_qa": ("msvd_qa_test.json", "msvd_qa_answer_list.json"),
 }
 
 SPEC_FILE = "synthetic_video.json"
@@ -148,6 +159,26 @@ def _annotations(videos: list[str], attrs: list[tuple[str, str, str]]) -> dict[s
     }
 
 
+def qa_annotations(videos: list[str], attrs: list[tuple[str, str, str]]) -> dict[str, tuple[list[dict], list[str]]]:
+    """``format -> (questions, answer list)`` for the clips ``videos`` with attributes ``attrs``."""
+    answer_list = list(COLOURS) + list(SHAPES) + list(DIRECTIONS)
+    out = {}
+    for fmt, id_of in (("msrvtt_qa", lambda n: n), ("msvd_qa", lambda n: f"q{n}")):
+        questions = []
+        for v, (colour, shape, direction) in zip(videos, attrs):
+            for question, answer in ((f"What colour is the {shape}?", colour),
+                                     (f"Which shape is {colour}?", shape),
+                                     (f"Where does the {shape} go?", direction)):
+                questions.append({"video": v, "question": question, "answer": answer,
+                                  "question_id": id_of(len(questions))})
+        out[fmt] = (questions, answer_list)
+    return out
+
+
+def _all_files() -> list[str]:
+    return [f for names in ANNOTATION_FILES.values() for f in names] + [f for pair in QA_FILES.values() for f in pair]
+
+
 def generate(
     root: str | os.PathLike, n_videos: int = 8, num_frames: int = 8, size: int = 64, fps: int = 8, seed: int = 0
 ) -> dict[str, list[Path]]:
@@ -166,6 +197,12 @@ def generate(
             with atomic_open(path) as fh:
                 json.dump(entries, fh, indent=1)
             written.setdefault(fmt, []).append(path)
+    for fmt, contents in qa_annotations(videos, attrs).items():
+        for file_name, content in zip(QA_FILES[fmt], contents):
+            path = root / "annotations" / file_name
+            with atomic_open(path) as fh:
+                json.dump(content, fh, indent=1)
+            written.setdefault(fmt, []).append(path)
     spec = dict(n_videos=n_videos, num_frames=num_frames, size=size, fps=fps, seed=seed)
     with atomic_open(root / SPEC_FILE) as fh:
         json.dump(spec, fh)
@@ -173,11 +210,12 @@ def generate(
 
 
 def ensure(root: str | os.PathLike, **spec) -> Path:
-    """Generate under ``root`` unless a finished generation with the same spec is already there."""
+    """Generate under ``root`` unless a finished generation with the same spec and every annotation file is there
+    (a folder written before a format was added is completed)."""
     root = Path(root)
     spec_path = root / SPEC_FILE
     wanted = dict(n_videos=8, num_frames=8, size=64, fps=8, seed=0) | {k: int(v) for k, v in spec.items()}
-    if spec_path.is_file():
+    if spec_path.is_file() and all((root / "annotations" / f).is_file() for f in _all_files()):
         try:
             if json.loads(spec_path.read_text()) == wanted:
                 return root

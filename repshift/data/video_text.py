@@ -154,7 +154,30 @@ def build_retrieval_index(
     return index
 
 
-class VideoTextRetrievalDataset(torch.utils.data.Dataset):
+class ClipDataset(torch.utils.data.Dataset):
+    """One clip per item: ``ds[i] -> (clip, i)``, ``self.videos[i]`` decoded by ``self.clip_loader``.
+
+    With ``skip_corrupt`` a missing or undecodable video gives ``(blank clip, SKIPPED_INDEX)``, which the
+    evaluators leave out and count. Subclasses set ``videos``, ``clip_loader`` and ``skip_corrupt``.
+    """
+
+    videos: list[str]
+    clip_loader: ClipLoader
+    skip_corrupt: bool
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        try:
+            return self.clip_loader(self.videos[index]), index
+        except CorruptVideoError:
+            if not self.skip_corrupt:
+                raise
+            return self.clip_loader.blank(), SKIPPED_INDEX
+
+
+class VideoTextRetrievalDataset(ClipDataset):
     """The videos of a retrieval test set; ``ds[i] -> (clip float [T, 3, S, S], i)``.
 
     Args:
@@ -229,17 +252,6 @@ class VideoTextRetrievalDataset(torch.utils.data.Dataset):
             skip_corrupt=cfg.skip_corrupt,
             limit=cfg.get("limit"),
         )
-
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        try:
-            return self.clip_loader(self.videos[index]), index
-        except CorruptVideoError:
-            if not self.skip_corrupt:
-                raise
-            return self.clip_loader.blank(), SKIPPED_INDEX
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(anno={str(self.anno_path)!r}, videos={len(self.videos)}, "

@@ -1,7 +1,8 @@
 """Building models by timm name (or by family, from a model config) and loading their weights.
 
 ``build_model(config)`` takes a whole model config (``configs/model/<name>.yaml``): its ``family``
-picks the builder (``umt`` -> :func:`repshift.models.umt.build`; none -> timm by ``name``), and the
+picks the builder (``umt`` -> :func:`repshift.models.umt.build`, ``umt_qa`` -> :func:`repshift.models.umt_qa.build`;
+none -> timm by ``name``), and the
 keys that only tell the runner how to feed the model (``input_size``, ``unit``) are set aside.
 
 Weights come from timm's hub/cache (``pretrained=True``), from a local file (``checkpoint``:
@@ -76,8 +77,12 @@ def _build_from_config(config: Mapping[str, Any]) -> tuple[torch.nn.Module, dict
         from repshift.models import umt  # imports transformers: only when a UMT is asked for
 
         return umt.build(config)
+    if family == "umt_qa":
+        from repshift.models import umt_qa
+
+        return umt_qa.build(config)
     if family is not None:
-        raise ValueError(f"model.family={family!r} is unknown; expected umt, or no family for a timm model name")
+        raise ValueError(f"model.family={family!r} is unknown; expected umt, umt_qa, or no family for a timm model name")
     unknown = sorted(set(config) - set(TIMM_KEYS))
     if unknown:
         raise ValueError(f"unknown model config keys {unknown} for a timm model; known: {list(TIMM_KEYS)}")

@@ -10,7 +10,9 @@ Vision encoder (``UMTVision``), as in UMT's multi-modality ViT:
 - pre-norm blocks ``x1 = x + attn(norm1(x)); x2 = x1 + mlp(norm2(x1))``, LayerNorm eps 1e-6,
   attention with a bias-free ``qkv`` plus separate ``q_bias``/``v_bias`` (no key bias), exact GELU,
   no layer scale; a final ``norm``;
-- per-frame pooling: mean over the frame's tokens -> ``pool_norm`` -> ``vision_proj``.
+- per-frame pooling: mean over the frame's tokens -> ``pool_norm`` -> ``vision_proj`` (UMT's
+  ``keep_temporal=True``); ``keep_temporal=False`` is vid-TLDR's global pooling instead: one unweighted mean
+  over all the clip's (remaining) tokens -> ``pool_norm`` -> ``vision_proj``, ``[B, 1, D]``.
 
 Token provenance: the encoder carries ``frame_ids`` ``[B, N]`` (long; the frame of each token)
 beside the tokens. A pruning adapter that drops tokens gathers ``frame_ids`` with the same indices,
@@ -164,9 +166,12 @@ class UMTVision(nn.Module):
         patch_size: int = 16,
         mlp_ratio: float = 4.0,
         pooled: bool = True,
+        keep_temporal: bool = True,
     ):
         super().__init__()
         self.embed_dim = embed_dim
+        # True: one pooled vector per frame (UMT); False: one per clip, the mean of all tokens (vid-TLDR).
+        self.keep_temporal = keep_temporal
         self.num_frames = num_frames
         self.patch_embed = PatchEmbed3d(img_size, patch_size, embed_dim)
         self.register_buffer(
@@ -215,13 +220,16 @@ class UMTVision(nn.Module):
         return self.norm(x), frame_ids
 
     def pool(self, tokens: Tensor, frame_ids: Tensor, num_frames: int) -> Tensor:
-        """``vision_proj(pool_norm(per-frame mean))`` ``[B, T, D]``, not normalised.
+        """``vision_proj(pool_norm(per-frame mean))`` ``[B, T, D]``, not normalised; with ``keep_temporal=False``
+        ``vision_proj(pool_norm(mean of all tokens))`` ``[B, 1, D]``.
 
         A frame with no token left is given the mean of all the clip's tokens (see the module doc).
         Sums and counts are taken in float32, so fp16 activations lose no precision in the mean.
         """
         batch, _, width = tokens.shape
         values = tokens.float()
+        if not self.keep_temporal:
+            return self.vision_proj(self.pool_norm(values.mean(dim=1, keepdim=True).to(tokens.dtype)))
         sums = values.new_zeros(batch, num_frames, width).scatter_add_(
             1, frame_ids[..., None].expand(-1, -1, width), values
         )
@@ -231,7 +239,8 @@ class UMTVision(nn.Module):
         return self.vision_proj(self.pool_norm(frame_means.to(tokens.dtype)))
 
     def encode(self, video: Tensor) -> tuple[Tensor, Tensor]:
-        """``video [B, T, 3, 224, 224]`` -> ``(tokens [B, N, C], frame_embeddings [B, T, D])``."""
+        """``video [B, T, 3, 224, 224]`` -> ``(tokens [B, N, C], frame_embeddings [B, T, D])`` (``[B, 1, D]``
+        with ``keep_temporal=False``)."""
         tokens, frame_ids = self.forward_features(video)
         return tokens, self.pool(tokens, frame_ids, video.shape[1])
 
@@ -247,7 +256,9 @@ def vision_encoder(size: str = "b", num_frames: int = 12, **overrides) -> UMTVis
 
     ``overrides`` replace fields of the size (``embed_dim``, ``depth``, ``num_heads``, ``proj_dim``,
     ``img_size``, ``patch_size``, ``mlp_ratio``), e.g. for tiny test models; ``pooled=False`` builds
-    the encoder without the retrieval pooling head (``pool_norm``, ``vision_proj``), as UMT's QA model has it.
+    the encoder without the retrieval pooling head (``pool_norm``, ``vision_proj``), as UMT's QA model has it;
+    ``keep_temporal=False`` pools the clip into one vector, as vid-TLDR evaluates (model config:
+    ``model.vision.keep_temporal=false``).
     """
     if size not in VISION_SIZES:
         raise ValueError(f"unknown UMT size {size!r}; expected one of {sorted(VISION_SIZES)}")

@@ -34,7 +34,8 @@ from repshift.select import KEEP, drop_count
 #: How a scheduled unit drops tokens. ``sequence``: tokens of a sequence (ViT, UMT, ViM). On a 2-D
 #: feature map (ResNet): ``line`` drops whole rows and columns, ``token`` the weakest tokens of every
 #: row and then of every column; either way the map stays a dense, smaller grid.
-MODES = ("sequence", "line", "token")
+#: ``merge`` (UMT): vid-TLDR's token merging instead of dropping (repshift.merge, repshift.patch.umt).
+MODES = ("sequence", "line", "token", "merge")
 
 __all__ = [
     "ADAPTERS", "MODES", "READINGS", "Adapter", "Branch", "PruneState", "find_adapter", "is_patched", "patch", "record_scores",
@@ -59,8 +60,14 @@ def patch(
     keep: str = "top",
     reading: str = "literal",
     mode: str = "sequence",
+    proportional: bool = True,
 ):
-    """Prune tokens inside ``model`` (in place; returned for chaining). See the README for the options."""
+    """Prune tokens inside ``model`` (in place; returned for chaining). See the README for the options.
+
+    ``mode="merge"`` merges tokens as vid-TLDR does instead (UMT only; :mod:`repshift.patch.umt`): ``num`` /
+    ``ratio`` give the tokens merged away at each layer (clamped to half the tokens), and ``proportional``
+    adds ``log(size)`` of every merged token to the attention logits of the later blocks.
+    """
     if is_patched(model):
         raise RuntimeError("model is already patched; call repshift.unpatch(model) first")
     adapter = find_adapter(model)
@@ -77,7 +84,15 @@ def patch(
     if mode not in adapter.modes:
         raise ValueError(
             f"mode={mode!r} does not apply to {adapter.family} models: they prune with mode in {adapter.modes} "
-            "('sequence' drops tokens of a sequence; 'line' and 'token' prune the rows and columns of a 2-D feature map)"
+            "('sequence' drops tokens of a sequence; 'line' and 'token' prune the rows and columns of a 2-D feature map; "
+            "'merge' merges tokens of a UMT video encoder)"
+        )
+    if metric in scores.MERGE_METRICS and mode != "merge":
+        raise ValueError(f"metric={metric} is vid-TLDR's merging saliency: use it with mode='merge' (UMT)")
+    if mode == "merge" and proportional and attention == "flash_attn":
+        raise ValueError(
+            "merging with proportional attention adds log(size) per key, which attention='flash_attn' cannot: "
+            "use attention='sdpa' (memory-efficient kernel on CUDA) or proportional=False (FlashAttention kept)"
         )
     kernels.check_backend(attention)
     depth = adapter.depth(model)
@@ -104,9 +119,11 @@ def patch(
         seed=int(seed),
         keep=keep,
         mode=mode,
+        proportional=bool(proportional),
     )
     droppable = adapter.droppable(model)
-    if nums is not None and droppable is not None:
+    # Merging clamps each step to half the tokens (vid-TLDR's rule) instead of refusing it.
+    if nums is not None and droppable is not None and mode != "merge":
         for layer in state.layers:  # drop_count raises when a step asks for more than is left
             droppable -= drop_count(droppable, *state.step(layer))
     adapter.install(model, state)

@@ -79,16 +79,19 @@ class PruneState:
     # How a scheduled unit drops tokens: "sequence" (token sequences: ViTs, UMT, ViM) or, on 2-D
     # feature maps (ResNet), "line" (whole rows and columns) / "token" (the weakest of every row, then column).
     mode: str = "sequence"
+    # mode="merge" only: add log(size) per key to the attention logits after a merge (proportional attention).
+    proportional: bool = True
     # Filled during every forward:
     tokens: list[int] = field(default_factory=list)  # tokens entering each unit
     book: dict[str, Tensor] = field(default_factory=dict)  # per-token records [B, N], gathered with the tokens
+    size: Optional[Tensor] = None  # mode="merge": patches each token stands for [B, N] (None: all ones, no merge yet)
     # When set, every unit scores all of its tokens into ``recorded`` (analysis, not pruning).
     record: bool = False
     recorded: list[Tensor] = field(default_factory=list)
 
     def reset(self) -> None:
         """Forget the previous forward (called by the adapter when a new forward starts)."""
-        self.tokens, self.book, self.recorded = [], {}, []
+        self.tokens, self.book, self.recorded, self.size = [], {}, [], None
 
     def begin(self, protected: Tensor, **records: Tensor) -> None:
         """Describe the sequence entering the first unit.

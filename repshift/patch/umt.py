@@ -25,17 +25,37 @@ No token is protected. Every token carries the frame it came from (``state.book[
 with the tokens at every pruning step, and the encoder's per-frame pooling averages exactly the
 surviving tokens of each frame (a frame left with none gets the clip mean: see
 :mod:`repshift.models.umt`).
+
+**Merging** (``mode="merge"``, vid-TLDR; the functions are :mod:`repshift.merge`): a scheduled block merges
+``r`` tokens away (``num``, or ``ratio`` of the tokens entering it; clamped to half of them) by
+saliency-weighted bipartite soft matching on the tokens at the merge point, which is
+
+- ``site="attn"``: after the attention residual, ``x'`` (vid-TLDR's place; the MLP then runs on the merged
+  tokens); the shift metrics read the attention branch there, ``D(A(x), x)``;
+- ``site="mlp"`` / ``"block"``: after the whole block, ``x̂``, as the pruning schedules drop tokens; the shift
+  metrics read ``D(M(x'), x')`` / ``D(x̂, x)``.
+
+Saliency ``ŝ``: ``metric="attn_entropy"`` is vid-TLDR's (negative entropy of each query's head-averaged
+attention row, from the block's unbiased softmax map, so those blocks materialise it); any other score
+(``l2``/``l1``/``cos``, ``attn`` = Eq. 3, ``random``) goes through vid-TLDR's normalisation;
+``metric="none"`` merges with ``ŝ = 1`` (plain size-weighted bipartite merging). Token sizes live in
+``state.size``; with ``proportional=True`` every block after the first merge adds ``log(size)`` per key to
+its attention logits (through SDPA's float mask with ``attention="sdpa"``, which takes SDPA off
+FlashAttention on CUDA; ``attention="flash_attn"`` refuses it). A merged token keeps the destination's
+records (frame, position).
 """
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from repshift import attention as kernels
-from repshift import scores
-from repshift.patch.base import Adapter, PruneState, patched_class, prenorm_block, register_adapter
+from repshift import merge, scores
+from repshift.patch.base import Adapter, Branch, PruneState, patched_class, prenorm_block, register_adapter, score_tokens
+from repshift.select import gather_tokens
 
 UMT_MODULE = "repshift.models.umt"
 
@@ -49,23 +69,77 @@ def _umt():
 class RepShiftUMTAttention:
     """Methods put in front of UMT's ``Attention``: the state's kernel, and the softmax map when asked."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, key_bias: Optional[Tensor] = None) -> Tensor:
         q, k, v = self.qkv_heads(x)
-        return self.proj(kernels.attend(q, k, v, self.repshift_state.attention, self.scale))
+        return self.proj(kernels.attend(q, k, v, self.repshift_state.attention, self.scale, key_bias=key_bias))
 
-    def forward_with_map(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_with_map(self, x: Tensor, key_bias: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """``(output, probs)``; with ``key_bias`` the output is biased and ``probs`` are the unbiased map."""
         q, k, v = self.qkv_heads(x)
-        out, probs = kernels.attend_with_map(q, k, v, self.scale)
+        out, probs = kernels.attend_with_map(q, k, v, self.scale, key_bias=key_bias)
         return self.proj(out), probs
 
 
 class RepShiftUMTBlock:
-    """Methods put in front of UMT's ``Block``: record the token count and, when scheduled, score and prune."""
+    """Methods put in front of UMT's ``Block``: record the token count and, when scheduled, score and prune
+    (or merge)."""
 
     def forward(self, x: Tensor) -> Tensor:
         state: PruneState = self.repshift_state
         layer = self.repshift_layer
+        if state.mode == "merge":
+            return merge_block(state, layer, x, self)
         return prenorm_block(state, layer, x, norm1=self.norm1, attn=self.attn, norm2=self.norm2, mlp=self.mlp)
+
+
+#: Merge saliencies read from the block's softmax map.
+_MAP_SALIENCIES = ("attn_entropy", "attn_mean")
+
+
+def merge_block(state: PruneState, layer: int, x: Tensor, block) -> Tensor:
+    """One UMT block under ``mode="merge"``: proportional attention once tokens have sizes, and a merge step
+    at the state's site when ``layer`` is scheduled (see the module doc)."""
+    state.enter(layer, x.shape[1])
+    step = state.step(layer)
+    count = merge.merge_count(x.shape[1], *step) if step is not None else 0
+    bias = merge.size_bias(state.size) if state.proportional and state.size is not None else None
+    x_norm = block.norm1(x)
+    attn_map = None
+    if count and state.metric in _MAP_SALIENCIES:
+        a, attn_map = block.attn.forward_with_map(x_norm, key_bias=bias)
+    else:
+        a = block.attn(x_norm, key_bias=bias)
+    x_mid = x + a
+    attn_branch = Branch(input=x, normed=x_norm, raw=a, update=a, output=x_mid)
+    if count and state.site == "attn":
+        saliency = _saliency(state, layer, {"attn": attn_branch}, attn_map, x_mid)
+        x_mid = _merge(state, x_mid, count, saliency)
+        return x_mid + block.mlp(block.norm2(x_mid))
+    x_mid_norm = block.norm2(x_mid)
+    m = block.mlp(x_mid_norm)
+    x_out = x_mid + m
+    if not count:
+        return x_out
+    sites = {"attn": attn_branch, "mlp": Branch(input=x_mid, normed=x_mid_norm, raw=m, update=m, output=x_out),
+             "block": (x_out, x)}
+    return _merge(state, x_out, count, _saliency(state, layer, sites, attn_map, x_out))
+
+
+def _saliency(state: PruneState, layer: int, sites: dict, attn_map: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
+    """``ŝ [B, N]`` in [0, 1] for the merge (None: ŝ = 1 everywhere)."""
+    if state.metric == "attn_entropy":
+        return merge.attention_entropy_saliency(attn_map)
+    raw = score_tokens(state, layer, sites=sites, attn_map=attn_map, like=like)
+    return None if raw is None else merge.normalize_saliency(raw)
+
+
+def _merge(state: PruneState, x: Tensor, count: int, saliency: Optional[Tensor]) -> Tensor:
+    """Merge ``count`` tokens of ``x`` away, updating the sizes and carrying every record with its destination."""
+    match = merge.bipartite_match(x, count)
+    merged, state.size = merge.merge_tokens(x, match, state.size, saliency)
+    index = merge.surviving_positions(match, x.shape[1])
+    state.book = {name: gather_tokens(record, index) for name, record in state.book.items()}
+    return merged
 
 
 class RepShiftUMTEncoder:
@@ -90,6 +164,7 @@ def _encoder(model):
 
 class UMTAdapter(Adapter):
     family = "umt"
+    modes = ("sequence", "merge")
     description = ("UMT video encoders (repshift.models.umt.UMTVision) and models holding one as .vision "
                    "(UMT retrieval and QA)")
 
@@ -148,7 +223,8 @@ class UMTAdapter(Adapter):
         encoder = _encoder(model)
         if encoder is model and getattr(encoder, "repshift_via_host", False):
             raise RuntimeError(
-                "this UMT encoder was patched through the model that holds it: call repshift.unpatch on that model"
+                "this UMT encoder was patched through the model that holds it (a retrieval model or QA model): "
+                "call repshift.unpatch on that model"
             )
         for block in encoder.blocks:
             block.__class__ = type(block).__bases__[1]

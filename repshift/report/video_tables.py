@@ -1,4 +1,4 @@
-"""Video tables and figures from run results: Table 2, the data of Fig. 1, Fig. 3 for UMT.
+"""Video tables and figures from run results: Table 2, the data of Fig. 1, Fig. 3 for UMT, Table 3 (vid-TLDR).
 
 Same conventions as :mod:`repshift.report.tables` (whose helpers this module uses): a
 :class:`pandas.DataFrame` with flat string columns ``"<label> · ours" / "· paper" / "· Δ"``, NaN for a
@@ -50,7 +50,8 @@ from repshift.report.tables import (
 )
 
 __all__ = ["BUILDERS", "DATASETS", "MODELS", "VARIANTS", "build_table2", "build_fig1", "build_fig3_umt",
-           "variant_of", "fig1_points"]
+           "variant_of", "fig1_points", "TABLE3_VARIANTS", "build_table3", "QA_DATASETS", "QA_MODELS",
+           "build_table4"]
 
 #: Dataset config name -> (paper's name in paper_numbers.csv, label).
 DATASETS: dict[str, tuple[str, str]] = {
@@ -361,5 +362,271 @@ def build_fig3_umt(results: Iterable) -> pd.DataFrame:
     return _finish(df, title, notes, dups + bdups, bool(tainted), extra={"baseline": baseline})
 
 
+# --------------------------------------------------------------------------- table 3 (vid-TLDR merging)
+
+#: Table 3's columns. Base is self-attention (the paper's 32 / 12 vid/s); vid-TLDR runs eager attention as
+#: published; +Ours is representation shift with fused attention, exact (log(size) bias through SDPA's float
+#: mask) or flash (no size bias, FlashAttention kept: not a paper column).
+TABLE3_VARIANTS: tuple[Variant, ...] = (
+    Variant("base", "Base", "base", "eager", ("table3", "base"), True),
+    Variant("vid-tldr", "vid-TLDR", "vid-tldr", "eager", ("table3", "vid-tldr"), True),
+    Variant("vid-tldr+ours", "+Ours", "vid-tldr+ours", "fused", ("table3", "vid-tldr+ours"), True),
+    Variant("vid-tldr+ours-flash", "+Ours (flash)", "vid-tldr+ours-flash", "fused", None, True),
+    Variant("base+fa", "Base+FA", "base", "fused", None, False),
+)
+_ANY_DATASET = "*"  # Base's throughput and GFLOPs do not depend on the dataset (no schedule)
+
+
+def _table3_variant(r: RunResult) -> Optional[Variant]:
+    for v in TABLE3_VARIANTS:
+        if v.method == r.method and v.kernel == _kernel(r):
+            return v
+    return None
+
+
+def _run_dataset(r: RunResult) -> Optional[str]:
+    """The benchmark a run belongs to: its evaluated dataset, or (bench runs) the configured one."""
+    return r.dataset or ((r.raw.get("config") or {}).get("dataset") or {}).get("name")
+
+
+def build_table3(results: Iterable) -> pd.DataFrame:
+    """Table 3: per dataset, throughput, speed-up, GFLOPs and R@1 (harmonic mean) of Base / vid-TLDR / +Ours
+    (exact) / +Ours (flash), for UMT-B and UMT-L, with ours / paper / Δ; then the mean speed-up and R@1."""
+    results = [r for r in _video_runs(results) if r.method in {v.method for v in TABLE3_VARIANTS}]
+    accuracy, efficiency = _Grid(), _Grid()
+    for r in results:
+        dataset = _run_dataset(r)
+        if r.metrics and dataset:
+            accuracy.add(f"{r.model}{SEP}{dataset}", f"{r.model}{SEP}{r.method}", r.metric_value("hm_r1"), r)
+        v = _table3_variant(r)
+        if v is None or r.throughput is None:
+            continue
+        where = _ANY_DATASET if v.method == "base" else dataset
+        efficiency.add(f"{r.model}{SEP}{where}{SEP}throughput", f"{r.model}{SEP}{v.key}", r.throughput, r)
+        if v.always:  # GFLOPs do not depend on the kernel: one per method
+            efficiency.add(f"{r.model}{SEP}{where}{SEP}gflops", f"{r.model}{SEP}{v.method}", r.gmacs, r)
+    acc, acc_won, acc_dups = accuracy.resolve()
+    eff, eff_won, eff_dups = efficiency.resolve()
+    tainted = _tainted_rows(acc_won) | _tainted_rows(eff_won)
+    models = _models(results)
+    present = ({k[0].split(SEP)[1] for k in acc} | {k[0].split(SEP)[1] for k in eff}) - {_ANY_DATASET}
+    datasets = list(DATASETS) + sorted(present - set(DATASETS))
+    columns = [(m, v) for m in models for v in TABLE3_VARIANTS if v.always]
+    extras = [(m, v) for m in models for v in TABLE3_VARIANTS
+              if not v.always and (f"{m}{SEP}{_ANY_DATASET}{SEP}throughput", f"{m}{SEP}{v.key}") in eff]
+
+    def label(model: str, v: Variant) -> str:
+        return f"{_model_label(model)} {v.label}"
+
+    def cell(model: str, dataset: str, quantity: str, col: str) -> tuple[Optional[float], str]:
+        """The value and the row it came from (Base's rows are the dataset-independent ones)."""
+        for where in (dataset, _ANY_DATASET):
+            row = f"{model}{SEP}{where}{SEP}{quantity}"
+            if (row, f"{model}{SEP}{col}") in eff:
+                return eff[(row, f"{model}{SEP}{col}")], row
+        return None, ""
+
+    def speedup(model: str, dataset: str, key: str) -> Optional[float]:
+        ours, base = cell(model, dataset, "throughput", key)[0], cell(model, dataset, "throughput", "base")[0]
+        return ours / base if ours is not None and base else None
+
+    def paper(model: str, v: Variant, quantity: str, dataset_name: str) -> float:
+        return paper_value("table3", model, v.paper[1], quantity, dataset=dataset_name) if v.paper else math.nan
+
+    def paper_speedup(model: str, v: Variant, dataset_name: str) -> float:
+        return paper(model, v, "throughput", dataset_name) / paper(model, _TABLE3_BASE, "throughput", dataset_name)
+
+    records, index = [], []
+
+    def add_row(name: str, cells: dict, marked: bool) -> None:
+        records.append(cells)
+        index.append(name + (f" {DAGGER}" if marked else ""))
+
+    for dataset in datasets:
+        paper_name, dataset_label = DATASETS.get(dataset, (dataset, dataset))
+        rec, marked = {}, False
+        for model, v in columns:
+            value, row = cell(model, dataset, "throughput", v.key)
+            paper_cells(rec, label(model, v), value, paper(model, v, "throughput", paper_name))
+            marked |= row in tainted
+        for model, v in extras:
+            value, row = cell(model, dataset, "throughput", v.key)
+            rec[f"{label(model, v)}{SEP}ours"] = _nan(value)
+            marked |= row in tainted
+        add_row(f"{dataset_label}{SEP}Throughput", rec, marked)
+        rec = {}
+        for model, v in columns:
+            paper_cells(rec, label(model, v), speedup(model, dataset, v.key), paper_speedup(model, v, paper_name))
+        for model, v in extras:
+            rec[f"{label(model, v)}{SEP}ours"] = _nan(speedup(model, dataset, v.key))
+        add_row(f"{dataset_label}{SEP}Speed-up ×", rec, marked)
+        rec, marked = {}, False
+        for model, v in columns:
+            value, row = cell(model, dataset, "gflops", v.method)
+            paper_cells(rec, label(model, v), value, math.nan)
+            marked |= row in tainted
+        add_row(f"{dataset_label}{SEP}GFLOPs", rec, marked)
+        rec, marked = {}, False
+        for model, v in columns:
+            row = f"{model}{SEP}{dataset}"
+            paper_cells(rec, label(model, v), acc.get((row, f"{model}{SEP}{v.method}")),
+                        paper(model, v, "r@1", paper_name))
+            marked |= row in tainted
+        add_row(f"{dataset_label}{SEP}R@1", rec, marked)
+
+    rec_speed, rec_r1, partial = {}, {}, []
+    for model, v in columns:
+        speeds = [s for s in (speedup(model, d, v.key) for d in DATASETS) if s is not None]
+        r1s = [acc[(f"{model}{SEP}{d}", f"{model}{SEP}{v.method}")] for d in DATASETS
+               if (f"{model}{SEP}{d}", f"{model}{SEP}{v.method}") in acc]
+        for what, got in (("speed-up", speeds), ("R@1", r1s)):
+            if got and len(got) < len(DATASETS):
+                partial.append(f"{label(model, v)} {what}: {len(got)} of {len(DATASETS)}")
+        paper_names = [paper_name for paper_name, _ in DATASETS.values()]
+        paper_speed = [paper_speedup(model, v, n) for n in paper_names]
+        paper_r1 = [paper(model, v, "r@1", n) for n in paper_names]
+        paper_cells(rec_speed, label(model, v), sum(speeds) / len(speeds) if speeds else None,
+                    sum(paper_speed) / len(paper_speed) if len(speeds) in (0, len(DATASETS)) else math.nan)
+        paper_cells(rec_r1, label(model, v), sum(r1s) / len(r1s) if r1s else None,
+                    sum(paper_r1) / len(paper_r1) if len(r1s) in (0, len(DATASETS)) else math.nan)
+    add_row(f"Mean of 7{SEP}Speed-up ×", rec_speed, bool(tainted))
+    add_row(f"Mean of 7{SEP}R@1", rec_r1, bool(tainted))
+
+    df = pd.DataFrame(records, index=pd.Index(index, name=f"dataset{SEP}quantity"))
+    won = list({id(r): r for r in [*acc_won.values(), *eff_won.values()]}.values())
+    kernels = []
+    for model, v in columns + extras:
+        ran = sorted({k for (row, col), r in eff_won.items()
+                      if row.endswith(f"{SEP}throughput") and col == f"{model}{SEP}{v.key}" for k in r.kernels})
+        if ran:
+            kernels.append(f"{label(model, v)}: {', '.join(ran)}")
+    title = (f"Table 3 — vid-TLDR token merging on video-text retrieval, R@1 = harmonic mean of T2V and V2T R@1 (%); "
+             f"throughput ({_bench_desc(won)}) and GFLOPs (= GMACs) of the vision encoder, one clip of "
+             f"{_clip_desc(eff_won.values())}; {_data_desc(won)}")
+    notes = [
+        "Δ = ours − paper. vid-TLDR: attention-entropy saliency, eager attention, proportional attention, global "
+        "mean pooling, its published per-task schedules (configs/compress/vid_tldr.yaml). +Ours: representation "
+        "shift (L2, attention branch, at vid-TLDR's merge point) as the saliency with fused attention; exact keeps "
+        "the log(size) bias (SDPA with a float mask: memory-efficient kernel on CUDA), flash drops it (FlashAttention "
+        "kept; not a paper column). Base: no merging, self-attention, UMT's per-frame pooling.",
+        "Speed-up = throughput / Base (self-attention); the paper's ×s are its throughput ratios. Base's throughput "
+        "and GFLOPs do not depend on the dataset; the others follow each dataset's schedule. The paper gives no "
+        "GFLOPs for Table 3.",
+        "Kernels that ran: " + ("; ".join(kernels) if kernels else "n/a (no throughput results)"),
+    ]
+    if partial:
+        notes.append("Means over the datasets present only (no paper value): " + "; ".join(partial))
+    return _finish(df, title, notes, acc_dups + eff_dups, bool(tainted))
+
+
+_TABLE3_BASE = TABLE3_VARIANTS[0]
+
+# --------------------------------------------------------------------------- table 4 (video QA)
+
+#: QA dataset config name -> (paper's name in paper_numbers.csv, label).
+QA_DATASETS: dict[str, tuple[str, str]] = {"msrvtt_qa": ("msrvtt-qa", "MSRVTT-QA"), "msvd_qa": ("msvd-qa", "MSVD-QA")}
+#: QA model config name -> (the paper's model in paper_numbers.csv, label).
+QA_MODELS: dict[str, tuple[str, str]] = {"umt_b_qa": ("umt_b", "UMT-B"), "umt_l_qa": ("umt_l", "UMT-L")}
+
+
+def _qa_runs(results: Iterable) -> list[RunResult]:
+    return [r for r in _runs(results)
+            if r.model in QA_MODELS or (r.model.startswith("umt") and r.model.endswith("_qa"))]
+
+
+def build_table4(results: Iterable) -> pd.DataFrame:
+    """Table 4: rows Throughput, Speed-up, GFLOPs, then the accuracy on MSRVTT-QA and MSVD-QA; columns
+    ``<model> <variant>`` (Base / Attn / Ours, the paper's; Base+FA, Ours (self-attn), Attn+SDPA where
+    measured) with ours / paper / Δ. Variants are those of Table 2 (:data:`VARIANTS`)."""
+    results = _qa_runs(results)
+    accuracy, efficiency = _Grid(), _Grid()
+    for r in results:
+        if r.metrics and r.dataset:
+            accuracy.add(f"{r.model}{SEP}{r.dataset}", f"{r.model}{SEP}{_method(r)}", r.metric_value("acc"), r)
+        v = variant_of(r)
+        if v is None:
+            continue
+        efficiency.add(f"{r.model}{SEP}throughput", f"{r.model}{SEP}{v.key}", r.throughput, r)
+        if v.always:  # GFLOPs do not depend on the kernel: one per method
+            efficiency.add(f"{r.model}{SEP}gflops", f"{r.model}{SEP}{v.method}", r.gmacs, r)
+    acc, acc_won, acc_dups = accuracy.resolve()
+    eff, eff_won, eff_dups = efficiency.resolve()
+    tainted = _tainted_rows(acc_won) | _tainted_rows(eff_won)
+    models = list(QA_MODELS) + sorted({r.model for r in results} - set(QA_MODELS))
+    datasets = list(QA_DATASETS) + sorted({k[0].split(SEP)[1] for k in acc} - set(QA_DATASETS))
+    columns = [(m, v) for m in models for v in VARIANTS if v.always]
+    extras = [(m, v) for m in models for v in VARIANTS
+              if not v.always and (f"{m}{SEP}throughput", f"{m}{SEP}{v.key}") in eff]
+
+    def label(model: str, v: Variant) -> str:
+        return f"{QA_MODELS.get(model, (model, model))[1]} {v.label}"
+
+    def paper(model: str, method: str, quantity: str, dataset: str = "") -> float:
+        if model not in QA_MODELS or method not in ("base", "attn", "ours"):
+            return math.nan
+        return paper_value("table4", QA_MODELS[model][0], method, quantity, dataset=dataset)
+
+    def throughput(model: str, key: str) -> Optional[float]:
+        return eff.get((f"{model}{SEP}throughput", f"{model}{SEP}{key}"))
+
+    def speedup(model: str, key: str) -> Optional[float]:
+        ours, base = throughput(model, key), throughput(model, "base")
+        return ours / base if ours is not None and base else None
+
+    records, index = [], []
+
+    def add_row(name: str, cells: dict, marked: bool) -> None:
+        for model, v in extras:
+            cells.setdefault(f"{label(model, v)}{SEP}ours", math.nan)
+        records.append(cells)
+        index.append(name + (f" {DAGGER}" if marked else ""))
+
+    rec, marked = {}, any(f"{m}{SEP}throughput" in tainted for m in models)
+    for model, v in columns:
+        paper_cells(rec, label(model, v), throughput(model, v.key), paper(model, v.method, "throughput"))
+    for model, v in extras:
+        rec[f"{label(model, v)}{SEP}ours"] = _nan(throughput(model, v.key))
+    add_row("Throughput", rec, marked)
+    rec = {}
+    for model, v in columns:
+        paper_cells(rec, label(model, v), speedup(model, v.key),
+                    paper(model, v.method, "throughput") / paper(model, "base", "throughput"))
+    for model, v in extras:
+        rec[f"{label(model, v)}{SEP}ours"] = _nan(speedup(model, v.key))
+    add_row("Speed-up ×", rec, marked)
+    rec, marked = {}, any(f"{m}{SEP}gflops" in tainted for m in models)
+    for model, v in columns:
+        paper_cells(rec, label(model, v), eff.get((f"{model}{SEP}gflops", f"{model}{SEP}{v.method}")),
+                    paper(model, v.method, "gflops"))
+    add_row("GFLOPs", rec, marked)
+    for dataset in datasets:
+        paper_name, dataset_label = QA_DATASETS.get(dataset, (dataset, dataset))
+        rec, marked = {}, False
+        for model, v in columns:
+            row = f"{model}{SEP}{dataset}"
+            paper_cells(rec, label(model, v), acc.get((row, f"{model}{SEP}{v.method}")),
+                        paper(model, v.method, "acc", paper_name))
+            marked |= row in tainted
+        add_row(f"{dataset_label}{SEP}Acc", rec, marked)
+
+    df = pd.DataFrame(records, index=pd.Index(index, name=f"dataset{SEP}quantity"))
+    won = list({id(r): r for r in [*acc_won.values(), *eff_won.values()]}.values())
+    title = (f"Table 4 — video question answering, exact-match accuracy (%) of UMT's answer ranking; throughput "
+             f"({_bench_desc(won)}) and GFLOPs (= GMACs) of the vision encoder, one clip of "
+             f"{_clip_desc(eff_won.values())}; {_data_desc(won)}")
+    notes = [
+        "Δ = ours − paper. Paper throughput: NVIDIA RTX A6000, batch 20, vision encoder; Base is self-attention, "
+        "Attn is eager attention with Eq. 3 scores, Ours is L2 representation shift across the MLP with "
+        "FlashAttention; 10 % pruned after blocks 0, 1, 2 (2352 -> 2117 -> 1906 -> 1716 tokens at 12 frames).",
+        "Accuracy: the answer ranked first among the answer list (top-128 by first-token probability, re-scored by "
+        "the whole answer's likelihood) must equal the annotated answer; per-question predictions are in each "
+        "run's predictions.json. Base+FA, Ours (self-attn) and Attn+SDPA show their throughput when measured.",
+        "GFLOPs: our count leaves LayerNorm out (the paper's fvcore count has it: +0.23 G for UMT-B, +0.59 G for "
+        "UMT-L at 2352 tokens).",
+    ]
+    return _finish(df, title, notes, acc_dups + eff_dups, bool(tainted))
+
+
 #: For ``repshift.report.tables.BUILDERS`` (merged there, so ``python -m repshift.report table=...`` knows them).
-BUILDERS = {"table2": build_table2, "fig1": build_fig1, "fig3_umt": build_fig3_umt}
+BUILDERS = {"table2": build_table2, "fig1": build_fig1, "fig3_umt": build_fig3_umt, "table3": build_table3,
+            "table4": build_table4}
