@@ -1,5 +1,5 @@
-# Video targets (UMT, issue 10), included by the main Makefile: Table 2, Fig. 1, and the UMT parts of
-# Table 1 and Fig. 3. Same knobs as the image targets: DATA= (holds umt/ and one folder per benchmark,
+# Video targets (UMT), included by the main Makefile: Tables 2 (retrieval), 3 (vid-TLDR merging) and
+# 4 (video QA), Fig. 1, and the UMT parts of Table 1 and Fig. 3. Same knobs as the image targets: DATA= (holds umt/ and one folder per benchmark,
 # docs/video.md), LAUNCHER=basic|submitit_local|slurm, SMOKE=1 (tiny random UMT on synthetic clips,
 # outputs/smoke), DETACH=1, ARGS=.
 #   make reproduce-table2 DATA=/datasets LAUNCHER=slurm

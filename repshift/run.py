@@ -76,6 +76,20 @@ def compresses(cfg: DictConfig) -> bool:
     return bool(c.layers) and bool(c.ratio or c.num)
 
 
+#: Model families whose adapter merges tokens (``compress.mode=merge``, vid-TLDR).
+MERGE_FAMILIES = ("umt", "umt_qa")
+
+
+def check_merge_host(cfg: DictConfig) -> None:
+    """Say plainly that merging is for UMT, before the vid-TLDR schedule lookup (by ``model.size``) fails on
+    another model with an interpolation error."""
+    if cfg.compress.get("mode") == "merge" and cfg.model.get("family") not in MERGE_FAMILIES:
+        raise ValueError(
+            f"compress.mode=merge (vid-TLDR token merging, method={cfg.method.name}) applies to UMT models "
+            f"(model.family in {MERGE_FAMILIES}); model={cfg.model.name} is not one: use model=umt_b or umt_l"
+        )
+
+
 def resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -117,6 +131,7 @@ def compress_model(model, cfg: DictConfig):
 @hydra.main(version_base="1.3", config_path="../configs", config_name="run")
 def main(cfg: DictConfig) -> dict | None:
     todo = tasks.parse_tasks(cfg.task)
+    check_merge_host(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if results.is_finished(run_dir) and not cfg.force:
         log.info("skipping %s: result.json exists (force=true re-runs it)", run_dir)

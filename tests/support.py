@@ -78,6 +78,21 @@ def run_module(workdir: Path, *args: str, check: bool = True, env: dict | None =
     return proc
 
 
+def make_smoke(target: str, tmp_path: Path, *args: str, env: dict | None = None,
+               timeout: int = 1800) -> tuple[str, Path]:
+    """``make <target> SMOKE=1`` as a user runs it, writing under ``tmp_path`` (data in ``tmp_path/data``,
+    results in ``tmp_path/outputs/smoke``); ``args`` are extra overrides for ARGS. Returns (stdout, results)."""
+    outputs = tmp_path / "outputs" / "smoke"
+    environment = {**os.environ, "WANDB_MODE": "disabled", "VENV": str(Path(sys.executable).parents[1]), **(env or {})}
+    overrides = " ".join((f"paths.output_dir={outputs}", f"paths.data_dir={tmp_path}/data", *args))
+    proc = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), target, "SMOKE=1", f"ARGS={overrides}", f"OUTPUTS={outputs}"],
+        env=environment, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout, outputs
+
+
 #: What torchrun sets in a worker's environment; a test must not pass its own on to the workers it launches.
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

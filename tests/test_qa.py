@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,7 @@ from repshift.models import build_model, umt, umt_qa
 from repshift.report.results import RunResult
 from repshift.report.video_tables import build_table4
 
-from support import ROOT, run_module, run_torchrun_workers
+from support import make_smoke, run_module, run_torchrun_workers
 
 #: A UMT-shaped encoder with 4 patches per frame (32x32 frames).
 VISION = dict(img_size=32, embed_dim=16, depth=2, num_heads=2, proj_dim=8)
@@ -424,15 +421,7 @@ def test_runner_on_synthetic_qa_and_table4(tmp_path):
 @pytest.mark.slow
 def test_make_reproduce_table4_smoke_prints_table4(tmp_path):
     """`make reproduce-table4 SMOKE=1`: both sweeps (12 + 12 runs) on the tiny UMT QA model, then the table."""
-    outputs = tmp_path / "outputs" / "smoke"
-    env = dict(os.environ, WANDB_MODE="disabled", VENV=str(Path(sys.executable).parents[1]))
-    proc = subprocess.run(
-        ["make", "-s", "-C", str(ROOT), "reproduce-table4", "SMOKE=1", f"OUTPUTS={outputs}",
-         f"ARGS=paths.output_dir={outputs} paths.data_dir={tmp_path}/data"],
-        env=env, capture_output=True, text=True, timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
+    out, outputs = make_smoke("reproduce-table4", tmp_path)
     assert "## Table 4" in out and (outputs / "tables" / "table4.md").exists()
     assert "MSRVTT-QA · Acc †" in out and "MSVD-QA · Acc †" in out
     for column in ("UMT-B Base · ours", "UMT-L Attn · paper", "UMT-L Ours · Δ", "UMT-B Base+FA · ours"):

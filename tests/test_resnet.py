@@ -5,11 +5,7 @@ channels) at small inputs; the GMACs of the real ResNet-34/50 use random weights
 """
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -22,7 +18,7 @@ from repshift.bench import count_gmacs
 from repshift.patch.timm_resnet import grid_sizes
 from repshift.report import fig7
 from repshift.train import train
-from support import compose_run
+from support import compose_run, make_smoke
 
 
 def tiny_resnet(block=BasicBlock, layers=(1, 1, 1, 1), num_classes=10, seed=0) -> ResNet:
@@ -361,19 +357,6 @@ def test_fig7_stage_maps_leave_the_model_unpatched():
 
 
 # --------------------------------------------------------------------------- make targets (SMOKE)
-
-
-def make_smoke(target, tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    outputs = tmp_path / "outputs" / "smoke"
-    env = dict(os.environ, WANDB_MODE="disabled", VENV=str(Path(sys.executable).parents[1]))
-    proc = subprocess.run(
-        ["make", "-s", "-C", str(root), target, "SMOKE=1",
-         f"ARGS=paths.output_dir={outputs} paths.data_dir={tmp_path}/data", f"OUTPUTS={outputs}"],
-        env=env, capture_output=True, text=True, timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout, outputs
 
 
 @pytest.mark.slow

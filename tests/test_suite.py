@@ -1,12 +1,9 @@
 """The Hydra suite end to end on synthetic data: configs, runner, skipping, launchers, errors."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support import CONFIGS, QUICK, ROOT, compose_run
+from support import CONFIGS, QUICK, compose_run, make_smoke
 from support import run_module as run
 
 from repshift.report import tables
@@ -189,20 +186,8 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped(workdir):
 # --- make targets ---------------------------------------------------------------------------
 
 
-def _make(target, tmp_path):
-    env = dict(os.environ, WANDB_MODE="disabled", VENV=str(Path(sys.executable).parents[1]))
-    outputs = tmp_path / "outputs"
-    proc = subprocess.run(
-        ["make", "-s", "-C", str(ROOT), target, "SMOKE=1", f"ARGS=paths.output_dir={outputs}/smoke paths.data_dir={tmp_path}/data",
-         f"OUTPUTS={outputs}/smoke"],
-        env=env, capture_output=True, text=True, timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout, outputs / "smoke"
-
-
 def test_make_reproduce_table5_smoke(tmp_path):
-    stdout, outputs = _make("reproduce-table5", tmp_path)
+    stdout, outputs = make_smoke("reproduce-table5", tmp_path)
     assert "Table 5" in stdout and "deit_s · Acc" in stdout and "77.8" in stdout  # paper numbers beside ours
     assert "†" in stdout  # random weights / synthetic data are marked
     assert len(results_under(outputs / "table5")) == 15  # base, attn, ours + the static and random controls
@@ -211,7 +196,7 @@ def test_make_reproduce_table5_smoke(tmp_path):
 
 
 def test_make_reproduce_table1_smoke(tmp_path):
-    stdout, outputs = _make("reproduce-table1", tmp_path)
+    stdout, outputs = make_smoke("reproduce-table1", tmp_path)
     assert "self-attention" in stdout and "flash-attention" in stdout and "3552" in stdout
 
 
@@ -225,5 +210,5 @@ def test_make_reproduce_table1_smoke(tmp_path):
     ],
 )
 def test_make_reproduce_figures_smoke(tmp_path, target, text):
-    stdout, _ = _make(target, tmp_path)
+    stdout, _ = make_smoke(target, tmp_path)
     assert text in stdout

@@ -484,7 +484,7 @@ def test_build_with_a_checkpoint_that_does_not_fit_fails(tmp_path):
     state = tiny_official_state()
     del state["itm_head.bias"]
     torch.save(state, tmp_path / "partial.pth")
-    with pytest.raises(RuntimeError, match=r"does not fit UMT-B.*missing \['itm_head.bias'\]"):
+    with pytest.raises(RuntimeError, match=r"does not fit UMT size B.*missing \['itm_head.bias'\]"):
         build_model({**config, "text": dict(config["text"], max_position_embeddings=64),
                    "checkpoint": str(tmp_path / "partial.pth")})
     state["itm_head.bias"] = torch.zeros(2)

@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +15,7 @@ from repshift.models import umt
 from repshift.report.results import RunResult
 from repshift.report.video_tables import DATASETS, build_fig1, build_fig3_umt, build_table2, fig1_points
 
-from support import ROOT, run_module
+from support import make_smoke, run_module
 
 #: A UMT-shaped encoder with 4 patches per frame (32x32 frames): cheap enough for every option.
 SMALL = dict(img_size=32, embed_dim=16, depth=3, num_heads=2, proj_dim=8)
@@ -345,15 +341,7 @@ def test_synthetic_video_pipeline_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_make_reproduce_table2_smoke_prints_table2(tmp_path):
     """`make reproduce-table2 SMOKE=1`: both sweeps (54 runs) on the tiny UMT and the synthetic clips, then the table."""
-    outputs = tmp_path / "outputs" / "smoke"
-    env = dict(os.environ, WANDB_MODE="disabled", VENV=str(Path(sys.executable).parents[1]))
-    proc = subprocess.run(
-        ["make", "-s", "-C", str(ROOT), "reproduce-table2", "SMOKE=1", f"OUTPUTS={outputs}",
-         f"ARGS=paths.output_dir={outputs} paths.data_dir={tmp_path}/data"],
-        env=env, capture_output=True, text=True, timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
+    out, outputs = make_smoke("reproduce-table2", tmp_path)
     assert "## Table 2" in out and (outputs / "tables" / "table2.md").exists()
     for dataset in ("MSRVTT", "MSVD", "ActivityNet", "DiDeMo", "LSMDC", "SSV2-Label", "SSV2-Template"):
         for k in ("R@1", "R@5", "R@10"):

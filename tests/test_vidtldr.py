@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -21,7 +17,7 @@ from repshift.report.tables import paper_numbers
 from repshift.report.video_tables import DATASETS, build_table3
 from repshift.select import gather_tokens
 
-from support import ROOT
+from support import ROOT, make_smoke
 
 #: 32x32 frames: 4 patches per frame, 16 tokens for 4 frames.
 SMALL = dict(img_size=32, embed_dim=16, depth=3, num_heads=2, proj_dim=8)
@@ -114,6 +110,17 @@ def test_configs_select_each_schedule_and_name_the_paper_columns():
     assert OmegaConf.to_container(exact.model.vision) == {"keep_temporal": False}
     paper_methods = set(paper_numbers("table3")["method"])
     assert {didemo_l.method.name, exact.method.name} <= paper_methods and flash.method.name not in paper_methods
+
+
+def test_the_runner_refuses_merging_a_non_umt_model_by_name():
+    from repshift.run import check_merge_host
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        deit = compose("run", overrides=["model=deit_t", "method=vid_tldr"])
+        qa = compose("run", overrides=["model=umt_b_qa", "method=vid_tldr"])
+    with pytest.raises(ValueError, match="applies to UMT models.*model=deit_tiny_patch16_224"):
+        check_merge_host(deit)
+    check_merge_host(qa)  # the QA model holds a UMT encoder: merging applies
 
 
 def test_keep_temporal_false_pools_all_tokens_into_one_vector():
@@ -214,15 +221,7 @@ def test_table3_puts_paper_numbers_beside_ours():
 @pytest.mark.slow
 def test_make_reproduce_table3_smoke_prints_table3(tmp_path):
     """`make reproduce-table3 SMOKE=1` on one model and one dataset (the full sweep: docs/video.md), then the table."""
-    outputs = tmp_path / "outputs" / "smoke"
-    env = dict(os.environ, WANDB_MODE="disabled", VENV=str(Path(sys.executable).parents[1]))
-    proc = subprocess.run(
-        ["make", "-s", "-C", str(ROOT), "reproduce-table3", "SMOKE=1", f"OUTPUTS={outputs}",
-         f"ARGS=paths.output_dir={outputs} paths.data_dir={tmp_path}/data model=umt_b dataset=msrvtt"],
-        env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
+    out, outputs = make_smoke("reproduce-table3", tmp_path, "model=umt_b", "dataset=msrvtt", timeout=900)
     assert "## Table 3" in out and (outputs / "tables" / "table3.md").exists()
     for row in ("MSRVTT · Throughput †", "MSRVTT · R@1 †", "MSRVTT · GFLOPs †"):
         assert row in out

@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import timm
 import torch
 import yaml
-from support import CONFIGS, ROOT, compose_run
+from support import CONFIGS, compose_run, make_smoke
 
 import repshift
 from repshift import scores
@@ -304,13 +300,9 @@ def test_table7_base_is_unpruned():
 @pytest.mark.slow
 def test_make_reproduce_table7_smoke(tmp_path):
     """`make reproduce-table7 SMOKE=1` on vim_tiny (the full ViM-T takes ~1 s per image on CPU)."""
-    outputs = tmp_path / "outputs" / "smoke"
-    env = dict(os.environ, WANDB_MODE="disabled", VENV=str(Path(sys.executable).parents[1]), OMP_NUM_THREADS="1")
-    args = f"paths.output_dir={outputs} paths.data_dir={tmp_path}/data model=vim_tiny dataset.limit=4"
-    proc = subprocess.run(["make", "-s", "-C", str(ROOT), "reproduce-table7", "SMOKE=1", f"ARGS={args}",
-                           f"OUTPUTS={outputs}"], env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Table 7" in proc.stdout and "ToP-ViM" in proc.stdout and "75.1" in proc.stdout and "†" in proc.stdout
+    out, outputs = make_smoke("reproduce-table7", tmp_path, "model=vim_tiny", "dataset.limit=4",
+                              env={"OMP_NUM_THREADS": "1"}, timeout=1200)
+    assert "Table 7" in out and "ToP-ViM" in out and "75.1" in out and "†" in out
     results = (json.loads(path.read_text()) for path in (outputs / "table7").rglob("result.json"))
     runs = {r["method"]["name"]: r for r in results}
     assert set(runs) == {"base", "top-vim", "ours", "static"}

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -454,43 +454,57 @@ CONFIG_KEYS = frozenset(
 )
 
 
-def build(config: Mapping[str, Any]) -> tuple[nn.Module, dict]:
-    """``(model, weights)`` from a model config, as ``repshift.models.build_model`` returns them.
+#: One buildable part of a UMT model: ``make(size, num_frames, vision_overrides, config) -> model`` and the
+#: loader of an official checkpoint into it (returning ``(missing, unexpected)``).
+Part = tuple[Callable[[str, int, dict, Mapping[str, Any]], nn.Module], Callable[..., tuple[list[str], list[str]]]]
 
-    ``part: vision`` gives the vision encoder only (benchmarks, GFLOPs), ``part: retrieval`` the
-    whole model. With ``checkpoint`` set, a checkpoint key the model does not use, or a model key
-    the checkpoint lacks, is an error: a partly loaded model would evaluate silently wrong.
+
+def build_part(config: Mapping[str, Any], parts: Mapping[str, Part], *, default_part: str, what: str,
+               config_keys: frozenset = CONFIG_KEYS) -> tuple[nn.Module, dict]:
+    """``(model, weights)`` of ``parts[config.part]``, as ``repshift.models.build_model`` returns them.
+
+    Shared by the UMT builders (retrieval here, QA in :mod:`repshift.models.umt_qa`). With ``checkpoint``
+    set, a checkpoint key the model does not use, or a model key the checkpoint lacks, is an error: a
+    partly loaded model would evaluate silently wrong.
     """
-    unknown = set(config) - CONFIG_KEYS
+    unknown = set(config) - config_keys
     if unknown:
-        raise ValueError(f"unknown UMT model config keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
+        raise ValueError(f"unknown {what} model config keys {sorted(unknown)}; known: {sorted(config_keys)}")
     if config.get("pretrained"):
         raise ValueError(
             "UMT has no weights on a hub: set model.pretrained=false and pass an official file "
             "with model.checkpoint=..."
         )
     size = config.get("size", "b")
-    num_frames = int(config.get("num_frames", 12))
-    part = config.get("part", "retrieval")
+    part = config.get("part", default_part)
+    if part not in parts:
+        raise ValueError(f"model.part must be one of {sorted(parts)} for a {what} model, got {part!r}")
+    make, loader = parts[part]
+    model = make(size, int(config.get("num_frames", 12)), dict(config.get("vision") or {}), config)
     checkpoint = config.get("checkpoint")
-    vision = dict(config.get("vision") or {})
-    if part == "vision":
-        model = vision_encoder(size, num_frames, **vision)
-        loader = load_official
-    elif part == "retrieval":
-        text = dict(config.get("text") or {})
-        tokenizer = config.get("tokenizer", TOKENIZER.get(size))
-        model = retrieval_model(size, num_frames, vision=vision, text=text, tokenizer=tokenizer)
-        loader = load_official_retrieval
-    else:
-        raise ValueError(f"model.part must be 'vision' or 'retrieval', got {part!r}")
     if not checkpoint:
         return model, {"real": False, "source": "random-init"}
     missing, unexpected = loader(model, checkpoint, unsafe_full_unpickle=bool(config.get("unsafe_full_unpickle")))
     if missing or unexpected:
         raise RuntimeError(
-            f"model.checkpoint={checkpoint} does not fit UMT-{size.upper()} ({part}): "
+            f"model.checkpoint={checkpoint} does not fit {what} size {size.upper()} (part {part}): "
             f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
             f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
         )
     return model, {"real": True, "source": f"file:{os.path.abspath(checkpoint)}"}
+
+
+def build(config: Mapping[str, Any]) -> tuple[nn.Module, dict]:
+    """A UMT retrieval model config -> ``(model, weights)`` (:func:`build_part`).
+
+    ``part: vision`` gives the vision encoder only (benchmarks, GFLOPs), ``part: retrieval`` the whole model.
+    """
+    def retrieval(size, num_frames, vision, config):
+        tokenizer = config.get("tokenizer", TOKENIZER.get(size))
+        return retrieval_model(size, num_frames, vision=vision, text=dict(config.get("text") or {}), tokenizer=tokenizer)
+
+    parts = {
+        "vision": (lambda size, num_frames, vision, config: vision_encoder(size, num_frames, **vision), load_official),
+        "retrieval": (retrieval, load_official_retrieval),
+    }
+    return build_part(config, parts, default_part="retrieval", what="UMT")

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer, BertOnlyMLMHead
 
-from repshift.models.umt import UMTVision, _as_state_dict, _load, _vision_key, vision_encoder
+from repshift.models.umt import UMTVision, _as_state_dict, _load, _vision_key, build_part, vision_encoder
 from repshift.models.umt_text import FUSION_LAYER, TOKENIZER, UMTTextEncoder, bert_config, load_tokenizer
 
 log = logging.getLogger("repshift.models.umt_qa")
@@ -323,39 +323,16 @@ def _load_vision_only(model: UMTVision, checkpoint, *, unsafe_full_unpickle: boo
 
 
 def build(config: Mapping[str, Any]) -> tuple[nn.Module, dict]:
-    """``(model, weights)`` from a QA model config (``family: umt_qa``), as ``repshift.models.build_model`` returns.
+    """A QA model config (``family: umt_qa``) -> ``(model, weights)`` (:func:`repshift.models.umt.build_part`).
 
     ``part: qa`` gives the whole model, ``part: vision`` its encoder only (no pooling head: benchmarks, GFLOPs).
-    With ``checkpoint`` set, a checkpoint key the model does not use, or a model key the checkpoint lacks, is an
-    error: a partly loaded model would evaluate silently wrong.
     """
-    unknown = set(config) - CONFIG_KEYS
-    if unknown:
-        raise ValueError(f"unknown UMT QA model config keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
-    if config.get("pretrained"):
-        raise ValueError("UMT has no weights on a hub: set model.pretrained=false and pass an official QA file "
-                         "with model.checkpoint=...")
-    size = config.get("size", "b")
-    num_frames = int(config.get("num_frames", 12))
-    part = config.get("part", "qa")
-    checkpoint = config.get("checkpoint")
-    vision = dict(config.get("vision") or {})
-    if part == "vision":
-        model = vision_encoder(size, num_frames, **{**vision, "pooled": False})
-        loader = _load_vision_only
-    elif part == "qa":
-        model = qa_model(size, num_frames, vision=vision, text=dict(config.get("text") or {}),
-                         tokenizer=config.get("tokenizer", TOKENIZER.get(size)))
-        loader = load_official_qa
-    else:
-        raise ValueError(f"model.part must be 'qa' or 'vision' for a UMT QA model, got {part!r}")
-    if not checkpoint:
-        return model, {"real": False, "source": "random-init"}
-    missing, unexpected = loader(model, checkpoint, unsafe_full_unpickle=bool(config.get("unsafe_full_unpickle")))
-    if missing or unexpected:
-        raise RuntimeError(
-            f"model.checkpoint={checkpoint} does not fit UMT-{size.upper()} QA ({part}): "
-            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
-            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
-        )
-    return model, {"real": True, "source": f"file:{os.path.abspath(checkpoint)}"}
+    def qa(size, num_frames, vision, config):
+        tokenizer = config.get("tokenizer", TOKENIZER.get(size))
+        return qa_model(size, num_frames, vision=vision, text=dict(config.get("text") or {}), tokenizer=tokenizer)
+
+    def encoder(size, num_frames, vision, config):
+        return vision_encoder(size, num_frames, **{**vision, "pooled": False})
+
+    parts = {"qa": (qa, load_official_qa), "vision": (encoder, _load_vision_only)}
+    return build_part(config, parts, default_part="qa", what="UMT QA", config_keys=CONFIG_KEYS)

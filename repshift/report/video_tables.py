@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import pandas as pd
 
@@ -139,13 +139,66 @@ def _collect(results: list[RunResult]) -> tuple[_Grid, _Grid]:
             for metric, label, _ in RECALLS:
                 accuracy.add(f"{r.model}{SEP}{r.dataset}{SEP}{label}", f"{r.model}{SEP}{_method(r)}",
                              r.metric_value(metric), r)
-        v = variant_of(r)
-        if v is None:
-            continue
-        efficiency.add(f"{r.model}{SEP}throughput", f"{r.model}{SEP}{v.key}", r.throughput, r)
-        if v.always:  # GFLOPs do not depend on the kernel (counted through the math path): one per method
-            efficiency.add(f"{r.model}{SEP}gflops", f"{r.model}{SEP}{v.method}", r.gmacs, r)
+        _add_efficiency(efficiency, r)
     return accuracy, efficiency
+
+
+def _add_efficiency(grid: _Grid, r: RunResult) -> None:
+    """A run's throughput in its variant's column and its GFLOPs in its method's (Tables 2 and 4)."""
+    v = variant_of(r)
+    if v is None:
+        return
+    grid.add(f"{r.model}{SEP}throughput", f"{r.model}{SEP}{v.key}", r.throughput, r)
+    if v.always:  # GFLOPs do not depend on the kernel (counted through the math path): one per method
+        grid.add(f"{r.model}{SEP}gflops", f"{r.model}{SEP}{v.method}", r.gmacs, r)
+
+
+class _Rows:
+    """A video table's rows as they are added; columns of ``extras`` (variants shown only where measured)
+    get NaN in rows that have no value for them."""
+
+    def __init__(self, extra_labels: Iterable[str] = ()):
+        self.extra_labels = list(extra_labels)
+        self.records: list[dict] = []
+        self.index: list[str] = []
+
+    def add(self, name: str, cells: dict, marked: bool) -> None:
+        for extra in self.extra_labels:
+            cells.setdefault(f"{extra}{SEP}ours", math.nan)
+        self.records.append(cells)
+        self.index.append(name + (f" {DAGGER}" if marked else ""))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.records, index=pd.Index(self.index, name=f"dataset{SEP}quantity"))
+
+
+def _efficiency_rows(rows: _Rows, eff: dict, tainted: set, models: list[str], columns: list, extras: list,
+                     label: Callable[[str, Variant], str], paper_throughput: Callable[[str, Variant], float],
+                     paper_gflops: Callable[[str, Variant], float]) -> None:
+    """Throughput, Speed-up (over Base, self-attention) and GFLOPs rows of Tables 2 and 4, ours beside the paper's."""
+    def throughput(model: str, key: str) -> Optional[float]:
+        return eff.get((f"{model}{SEP}throughput", f"{model}{SEP}{key}"))
+
+    def speedup(model: str, key: str) -> Optional[float]:
+        ours, base = throughput(model, key), throughput(model, "base")
+        return ours / base if ours is not None and base else None
+
+    marked = any(f"{m}{SEP}throughput" in tainted for m in models)
+    for name, value, paper in (
+        ("Throughput", throughput, paper_throughput),
+        ("Speed-up ×", speedup, lambda m, v: paper_throughput(m, v) / paper_throughput(m, _BY_KEY["base"])),
+    ):
+        rec = {}
+        for model, v in columns:
+            paper_cells(rec, label(model, v), value(model, v.key), paper(model, v))
+        for model, v in extras:
+            rec[f"{label(model, v)}{SEP}ours"] = _nan(value(model, v.key))
+        rows.add(name, rec, marked)
+    rec = {}
+    for model, v in columns:
+        paper_cells(rec, label(model, v), eff.get((f"{model}{SEP}gflops", f"{model}{SEP}{v.method}")),
+                    paper_gflops(model, v))
+    rows.add("GFLOPs", rec, any(f"{m}{SEP}gflops" in tainted for m in models))
 
 
 def _models(results: list[RunResult]) -> list[str]:
@@ -192,40 +245,8 @@ def build_table2(results: Iterable) -> pd.DataFrame:
     def label(model: str, v: Variant) -> str:
         return f"{_model_label(model)} {v.label}"
 
-    def throughput(model: str, key: str) -> Optional[float]:
-        return eff.get((f"{model}{SEP}throughput", f"{model}{SEP}{key}"))
-
-    def speedup(model: str, key: str) -> Optional[float]:
-        ours, base = throughput(model, key), throughput(model, "base")
-        return ours / base if ours is not None and base else None
-
-    records, index = [], []
-
-    def add_row(name: str, cells: dict, marked: bool) -> None:
-        for model, v in extras:
-            cells.setdefault(f"{label(model, v)}{SEP}ours", math.nan)
-        records.append(cells)
-        index.append(name + (f" {DAGGER}" if marked else ""))
-
-    # efficiency rows
-    rec, marked = {}, any(f"{m}{SEP}throughput" in tainted for m in models)
-    for model, v in columns:
-        paper_cells(rec, label(model, v), throughput(model, v.key), _paper_throughput(model, v))
-    for model, v in extras:
-        rec[f"{label(model, v)}{SEP}ours"] = _nan(throughput(model, v.key))
-    add_row("Throughput", rec, marked)
-    rec = {}
-    for model, v in columns:
-        paper_cells(rec, label(model, v), speedup(model, v.key),
-                    _paper_throughput(model, v) / _paper_throughput(model, _BY_KEY["base"]))
-    for model, v in extras:
-        rec[f"{label(model, v)}{SEP}ours"] = _nan(speedup(model, v.key))
-    add_row("Speed-up ×", rec, marked)
-    rec, marked = {}, any(f"{m}{SEP}gflops" in tainted for m in models)
-    for model, v in columns:
-        paper_cells(rec, label(model, v), eff.get((f"{model}{SEP}gflops", f"{model}{SEP}{v.method}")),
-                    _paper_gflops(model, v))
-    add_row("GFLOPs", rec, marked)
+    rows = _Rows(label(m, v) for m, v in extras)
+    _efficiency_rows(rows, eff, tainted, models, columns, extras, label, _paper_throughput, _paper_gflops)
 
     # accuracy rows
     for dataset in datasets:
@@ -237,7 +258,7 @@ def build_table2(results: Iterable) -> pd.DataFrame:
                 paper_cells(rec, label(model, v), acc.get((row, f"{model}{SEP}{v.method}")),
                             paper_value("table2", model, v.method, paper_quantity, dataset=paper_name))
                 marked |= row in tainted
-            add_row(f"{dataset_label}{SEP}{quantity}", rec, marked)
+            rows.add(f"{dataset_label}{SEP}{quantity}", rec, marked)
     rec, partial = {}, []
     for model, v in columns:
         mean, used = _mean_r1(acc, model, v.method, DATASETS)
@@ -245,9 +266,9 @@ def build_table2(results: Iterable) -> pd.DataFrame:
             partial.append(f"{label(model, v)}: {', '.join(used)}")
         paper_cells(rec, label(model, v), mean, _paper_mean_r1(model, v.method) if len(used) in (0, len(DATASETS))
                     else math.nan)
-    add_row(f"Mean of 7{SEP}R@1", rec, bool(tainted))
+    rows.add(f"Mean of 7{SEP}R@1", rec, bool(tainted))
 
-    df = pd.DataFrame(records, index=pd.Index(index, name=f"dataset{SEP}quantity"))
+    df = rows.frame()
     won = list({id(r): r for r in [*acc_won.values(), *eff_won.values()]}.values())
     rankings = sorted({(r.raw.get("dataset") or {}).get("ranking", {}).get("name", "itm") for r in acc_won.values()})
     title = (f"Table 2 — video-text retrieval, R@K = harmonic mean of T2V and V2T R@K (%) "
@@ -436,11 +457,7 @@ def build_table3(results: Iterable) -> pd.DataFrame:
     def paper_speedup(model: str, v: Variant, dataset_name: str) -> float:
         return paper(model, v, "throughput", dataset_name) / paper(model, _TABLE3_BASE, "throughput", dataset_name)
 
-    records, index = [], []
-
-    def add_row(name: str, cells: dict, marked: bool) -> None:
-        records.append(cells)
-        index.append(name + (f" {DAGGER}" if marked else ""))
+    rows = _Rows()
 
     for dataset in datasets:
         paper_name, dataset_label = DATASETS.get(dataset, (dataset, dataset))
@@ -453,26 +470,26 @@ def build_table3(results: Iterable) -> pd.DataFrame:
             value, row = cell(model, dataset, "throughput", v.key)
             rec[f"{label(model, v)}{SEP}ours"] = _nan(value)
             marked |= row in tainted
-        add_row(f"{dataset_label}{SEP}Throughput", rec, marked)
+        rows.add(f"{dataset_label}{SEP}Throughput", rec, marked)
         rec = {}
         for model, v in columns:
             paper_cells(rec, label(model, v), speedup(model, dataset, v.key), paper_speedup(model, v, paper_name))
         for model, v in extras:
             rec[f"{label(model, v)}{SEP}ours"] = _nan(speedup(model, dataset, v.key))
-        add_row(f"{dataset_label}{SEP}Speed-up ×", rec, marked)
+        rows.add(f"{dataset_label}{SEP}Speed-up ×", rec, marked)
         rec, marked = {}, False
         for model, v in columns:
             value, row = cell(model, dataset, "gflops", v.method)
             paper_cells(rec, label(model, v), value, math.nan)
             marked |= row in tainted
-        add_row(f"{dataset_label}{SEP}GFLOPs", rec, marked)
+        rows.add(f"{dataset_label}{SEP}GFLOPs", rec, marked)
         rec, marked = {}, False
         for model, v in columns:
             row = f"{model}{SEP}{dataset}"
             paper_cells(rec, label(model, v), acc.get((row, f"{model}{SEP}{v.method}")),
                         paper(model, v, "r@1", paper_name))
             marked |= row in tainted
-        add_row(f"{dataset_label}{SEP}R@1", rec, marked)
+        rows.add(f"{dataset_label}{SEP}R@1", rec, marked)
 
     rec_speed, rec_r1, partial = {}, {}, []
     for model, v in columns:
@@ -489,10 +506,10 @@ def build_table3(results: Iterable) -> pd.DataFrame:
                     sum(paper_speed) / len(paper_speed) if len(speeds) in (0, len(DATASETS)) else math.nan)
         paper_cells(rec_r1, label(model, v), sum(r1s) / len(r1s) if r1s else None,
                     sum(paper_r1) / len(paper_r1) if len(r1s) in (0, len(DATASETS)) else math.nan)
-    add_row(f"Mean of 7{SEP}Speed-up ×", rec_speed, bool(tainted))
-    add_row(f"Mean of 7{SEP}R@1", rec_r1, bool(tainted))
+    rows.add(f"Mean of 7{SEP}Speed-up ×", rec_speed, bool(tainted))
+    rows.add(f"Mean of 7{SEP}R@1", rec_r1, bool(tainted))
 
-    df = pd.DataFrame(records, index=pd.Index(index, name=f"dataset{SEP}quantity"))
+    df = rows.frame()
     won = list({id(r): r for r in [*acc_won.values(), *eff_won.values()]}.values())
     kernels = []
     for model, v in columns + extras:
@@ -543,12 +560,7 @@ def build_table4(results: Iterable) -> pd.DataFrame:
     for r in results:
         if r.metrics and r.dataset:
             accuracy.add(f"{r.model}{SEP}{r.dataset}", f"{r.model}{SEP}{_method(r)}", r.metric_value("acc"), r)
-        v = variant_of(r)
-        if v is None:
-            continue
-        efficiency.add(f"{r.model}{SEP}throughput", f"{r.model}{SEP}{v.key}", r.throughput, r)
-        if v.always:  # GFLOPs do not depend on the kernel: one per method
-            efficiency.add(f"{r.model}{SEP}gflops", f"{r.model}{SEP}{v.method}", r.gmacs, r)
+        _add_efficiency(efficiency, r)
     acc, acc_won, acc_dups = accuracy.resolve()
     eff, eff_won, eff_dups = efficiency.resolve()
     tainted = _tainted_rows(acc_won) | _tainted_rows(eff_won)
@@ -566,39 +578,9 @@ def build_table4(results: Iterable) -> pd.DataFrame:
             return math.nan
         return paper_value("table4", QA_MODELS[model][0], method, quantity, dataset=dataset)
 
-    def throughput(model: str, key: str) -> Optional[float]:
-        return eff.get((f"{model}{SEP}throughput", f"{model}{SEP}{key}"))
-
-    def speedup(model: str, key: str) -> Optional[float]:
-        ours, base = throughput(model, key), throughput(model, "base")
-        return ours / base if ours is not None and base else None
-
-    records, index = [], []
-
-    def add_row(name: str, cells: dict, marked: bool) -> None:
-        for model, v in extras:
-            cells.setdefault(f"{label(model, v)}{SEP}ours", math.nan)
-        records.append(cells)
-        index.append(name + (f" {DAGGER}" if marked else ""))
-
-    rec, marked = {}, any(f"{m}{SEP}throughput" in tainted for m in models)
-    for model, v in columns:
-        paper_cells(rec, label(model, v), throughput(model, v.key), paper(model, v.method, "throughput"))
-    for model, v in extras:
-        rec[f"{label(model, v)}{SEP}ours"] = _nan(throughput(model, v.key))
-    add_row("Throughput", rec, marked)
-    rec = {}
-    for model, v in columns:
-        paper_cells(rec, label(model, v), speedup(model, v.key),
-                    paper(model, v.method, "throughput") / paper(model, "base", "throughput"))
-    for model, v in extras:
-        rec[f"{label(model, v)}{SEP}ours"] = _nan(speedup(model, v.key))
-    add_row("Speed-up ×", rec, marked)
-    rec, marked = {}, any(f"{m}{SEP}gflops" in tainted for m in models)
-    for model, v in columns:
-        paper_cells(rec, label(model, v), eff.get((f"{model}{SEP}gflops", f"{model}{SEP}{v.method}")),
-                    paper(model, v.method, "gflops"))
-    add_row("GFLOPs", rec, marked)
+    rows = _Rows(label(m, v) for m, v in extras)
+    _efficiency_rows(rows, eff, tainted, models, columns, extras, label,
+                     lambda m, v: paper(m, v.method, "throughput"), lambda m, v: paper(m, v.method, "gflops"))
     for dataset in datasets:
         paper_name, dataset_label = QA_DATASETS.get(dataset, (dataset, dataset))
         rec, marked = {}, False
@@ -607,9 +589,9 @@ def build_table4(results: Iterable) -> pd.DataFrame:
             paper_cells(rec, label(model, v), acc.get((row, f"{model}{SEP}{v.method}")),
                         paper(model, v.method, "acc", paper_name))
             marked |= row in tainted
-        add_row(f"{dataset_label}{SEP}Acc", rec, marked)
+        rows.add(f"{dataset_label}{SEP}Acc", rec, marked)
 
-    df = pd.DataFrame(records, index=pd.Index(index, name=f"dataset{SEP}quantity"))
+    df = rows.frame()
     won = list({id(r): r for r in [*acc_won.values(), *eff_won.values()]}.values())
     title = (f"Table 4 — video question answering, exact-match accuracy (%) of UMT's answer ranking; throughput "
              f"({_bench_desc(won)}) and GFLOPs (= GMACs) of the vision encoder, one clip of "
