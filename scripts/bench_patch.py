@@ -17,14 +17,11 @@ Random weights: throughput does not depend on them.
 """
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import torch
 
+import bench_common
 import repshift
-from repshift.bench import compare, count_gmacs
+from repshift.bench import compare
 from repshift.models import build_model
 
 SCHEDULE = dict(layers=(0, 3, 6), ratio=0.2)
@@ -57,36 +54,18 @@ def build(model_name: str, device: str, which: list[str], frames: int = 12) -> d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_common.parser_with_common_options(
+        __doc__, models=("base", "ours", "static", "attn"), repeats=7,
+        batch_help="default: 16 on CPU, 512 on CUDA; UMT: 1 on CPU, 20 on CUDA")
     parser.add_argument("--model", default="deit_small_patch16_224",
                         help=f"a timm name, or {' / '.join(UMT_SIZES)} (the UMT vision encoder)")
     parser.add_argument("--frames", type=int, default=12, help="UMT clip length (default 12, the paper's)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="default: 16 on CPU, 512 on CUDA; UMT: 1 on CPU, 20 on CUDA")
     parser.add_argument("--amp", default=None, choices=["float16", "bfloat16"], help="default: float16 on CUDA")
-    parser.add_argument("--models", default="base,ours,static,attn")
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default="outputs/bench", help="folder for the JSON record")
-    args = parser.parse_args()
-
-    cuda = args.device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but torch sees no CUDA device")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args, cuda, which = bench_common.parse(parser, ("base", "ours", "static", "attn"))
     umt = args.model in UMT_SIZES
     batch = args.batch or ((20 if cuda else 1) if umt else (512 if cuda else 16))
     input_size = (args.frames, 3, 224, 224) if umt else (3, 224, 224)
     unit = "vid/s" if umt else "img/s"
-    amp = args.amp or ("float16" if cuda else None)
-    which = args.models.split(",")
-    unknown = set(which) - {"base", "ours", "static", "attn"}
-    if unknown:
-        parser.error(f"unknown --models entries {sorted(unknown)}; choose from base, ours, static, attn")
 
     models = build(args.model, args.device, which, args.frames)
     results = compare(
@@ -95,14 +74,12 @@ def main() -> None:
         input_size=input_size,
         unit=unit,
         device=args.device,
-        amp_dtype=amp,
+        amp_dtype=args.amp or ("float16" if cuda else None),
         warmup=args.warmup if args.warmup is not None else (10 if cuda else 2),
         iters=args.iters if args.iters is not None else (20 if cuda else 5),
         repeats=args.repeats,
     )
-    for name, model in models.items():
-        results[name]["gmacs"] = count_gmacs(model, input_size)
-        results[name]["tokens"] = list(model.repshift.tokens) if repshift.is_patched(model) else None
+    bench_common.count(results, models, input_size)
 
     first = next(iter(results.values()))
     what = f"{args.model} vision encoder, {args.frames} frames" if umt else args.model
@@ -110,23 +87,11 @@ def main() -> None:
     print(f"{'model':8} {unit:>9} {'GMACs':>7}  kernels")
     for name, r in results.items():
         print(f"{name:8} {r['throughput']:9.{3 if umt else 1}f} {r['gmacs']:7.2f}  {','.join(r['kernel'])}")
-    ratios = {
-        f"{a}/{b}": results[a]["throughput"] / results[b]["throughput"]
-        for a, b in [("ours", "base"), ("ours", "static"), ("static", "base"), ("attn", "base"), ("ours", "attn")]
-        if a in results and b in results
-    }
-    for key, value in ratios.items():
-        target = (UMT_CPU_TARGETS if umt else CPU_TARGETS).get(key) if not cuda else None
-        verdict = "" if target is None else f"  (target >= {target}: {'met' if value >= target else 'NOT met'})"
-        print(f"{key:12} {value:.3f}{verdict}")
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    pairs = [("ours", "base"), ("ours", "static"), ("static", "base"), ("attn", "base"), ("ours", "attn")]
+    ratios = bench_common.print_ratios(results, pairs, None if cuda else (UMT_CPU_TARGETS if umt else CPU_TARGETS))
     frames = f"-f{args.frames}" if umt else ""
-    path = out / f"bench_patch-{args.model}{frames}-{'cuda' if cuda else 'cpu'}-b{batch}.json"
-    record = {"model": args.model, "input_size": list(input_size), "results": results, "ratios": ratios}
-    path.write_text(json.dumps(record, indent=2))
-    print(f"wrote {path}")
+    bench_common.write_record(args.out, f"bench_patch-{args.model}{frames}-{'cuda' if cuda else 'cpu'}-b{batch}",
+                              {"model": args.model, "input_size": list(input_size), "results": results, "ratios": ratios})
 
 
 if __name__ == "__main__":

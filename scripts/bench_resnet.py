@@ -17,16 +17,14 @@ one thread and counts this process's CPU time instead (same turns), which other 
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+import bench_common
 import repshift
-from repshift.bench import compare, count_gmacs, device_name
+from repshift.bench import compare, device_name
 from repshift.models import build_model
 
 SCHEDULE = dict(layers=(0, 1), num=(8, 4))
@@ -62,34 +60,22 @@ def compare_cpu_time(models: dict, *, batch_size: int, warmup: int, iters: int, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_common.parser_with_common_options(__doc__, models=VARIANTS, repeats=7,
+                                                     batch_help="default: 16 on CPU, 512 on CUDA")
     parser.add_argument("--model", default="resnet50", help="a timm ResNet name (resnet34, resnet50, ...)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=None, help="default: 16 on CPU, 512 on CUDA")
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                         help="cpu: one thread, timed by process CPU time (for busy shared machines)")
-    parser.add_argument("--out", default="outputs/bench", help="folder for the JSON record")
-    args = parser.parse_args()
-
-    cuda = args.device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but torch sees no CUDA device")
+    args, cuda, which = bench_common.parse(parser, VARIANTS)
     if cuda and args.clock == "cpu":
         parser.error("--clock cpu times the CPU: drop --device cuda")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     batch = args.batch or (512 if cuda else 16)
 
     models = {}
-    for name, variant in VARIANTS.items():
+    for name in which:
         torch.manual_seed(0)
         model = build_model(args.model)[0].to(args.device).eval()
-        if variant is not None:
-            repshift.patch(model, **variant, **SCHEDULE)
+        if VARIANTS[name] is not None:
+            repshift.patch(model, **VARIANTS[name], **SCHEDULE)
         models[name] = model
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
     iters = args.iters if args.iters is not None else (20 if cuda else 3)
@@ -105,9 +91,7 @@ def main() -> None:
             iters=iters,
             repeats=args.repeats,
         )
-    for name, model in models.items():
-        results[name]["gmacs"] = count_gmacs(model)
-        results[name]["tokens"] = list(model.repshift.tokens) if repshift.is_patched(model) else None
+    bench_common.count(results, models)
 
     first = next(iter(results.values()))
     clock = "CPU time, 1 thread" if args.clock == "cpu" else "wall clock"
@@ -115,20 +99,10 @@ def main() -> None:
     print(f"{'model':8} {'img/s':>9} {'GMACs':>7}  tokens entering each stage")
     for name, r in results.items():
         print(f"{name:8} {r['throughput']:9.2f} {r['gmacs']:7.3f}  {r['tokens'] or '-'}")
-    ratios = {
-        f"{a}/{b}": results[a]["throughput"] / results[b]["throughput"]
-        for a, b in [("L-W", "base"), ("T-W", "base"), ("static", "base"), ("L-W", "static"), ("T-W", "static")]
-    }
-    for key, value in ratios.items():
-        target = CPU_TARGETS.get(key) if not cuda else None
-        verdict = "" if target is None else f"  (target >= {target}: {'met' if value >= target else 'NOT met'})"
-        print(f"{key:12} {value:.3f}{verdict}")
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench_resnet-{args.model}-{'cuda' if cuda else 'cpu'}-{args.clock}-b{batch}.json"
-    path.write_text(json.dumps({"model": args.model, "results": results, "ratios": ratios}, indent=2))
-    print(f"wrote {path}")
+    pairs = [("L-W", "base"), ("T-W", "base"), ("static", "base"), ("L-W", "static"), ("T-W", "static")]
+    ratios = bench_common.print_ratios(results, pairs, None if cuda else CPU_TARGETS)
+    bench_common.write_record(args.out, f"bench_resnet-{args.model}-{'cuda' if cuda else 'cpu'}-{args.clock}-b{batch}",
+                              {"model": args.model, "results": results, "ratios": ratios})
 
 
 if __name__ == "__main__":

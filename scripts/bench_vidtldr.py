@@ -18,15 +18,14 @@ quick run at the real token counts; the printed GMACs are then of that narrow en
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+import bench_common
 import repshift
-from repshift.bench import compare, count_gmacs
+from repshift.bench import compare
 from repshift.models import umt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,28 +60,14 @@ def build(size: str, frames: int, width: int | None, which: list[str], dataset: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_common.parser_with_common_options(__doc__, models=VARIANTS, repeats=5,
+                                                     batch_help="default: 1 on CPU, 20 on CUDA")
     parser.add_argument("--size", default="b", choices=["b", "l"])
     parser.add_argument("--dataset", default="msrvtt", help="whose vid-TLDR schedule (config dataset name)")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--width", type=int, default=None, help="encoder width (default: the real 768 / 1024)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=None, help="default: 1 on CPU, 20 on CUDA")
-    parser.add_argument("--models", default=",".join(VARIANTS))
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-gmacs", action="store_true", help="skip the GMACs count (one more forward per model)")
-    parser.add_argument("--out", default="outputs/bench", help="folder for the JSON record")
-    args = parser.parse_args()
-
-    cuda = args.device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but torch sees no CUDA device")
-    which = args.models.split(",")
-    unknown = set(which) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown --models entries {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    args, cuda, which = bench_common.parse(parser, VARIANTS)
     batch = args.batch or (20 if cuda else 1)
     input_size = (args.frames, 3, 224, 224)
     models = build(args.size, args.frames, args.width, which, args.dataset, args.device)
@@ -91,9 +76,7 @@ def main() -> None:
         amp_dtype="float16" if cuda else None, warmup=args.warmup if args.warmup is not None else (10 if cuda else 1),
         iters=args.iters if args.iters is not None else (20 if cuda else 1), repeats=args.repeats,
     )
-    for name, model in models.items():
-        results[name]["gmacs"] = None if args.no_gmacs else count_gmacs(model, input_size)
-        results[name]["tokens"] = list(model.repshift.tokens) if repshift.is_patched(model) else None
+    bench_common.count(results, models, input_size, gmacs=not args.no_gmacs)
 
     first = next(iter(results.values()))
     width = args.width or umt.VISION_SIZES[args.size]["embed_dim"]
@@ -107,13 +90,14 @@ def main() -> None:
         tokens = r["tokens"][-1] if r["tokens"] else args.frames * 196
         print(f"{name:11} {r['throughput']:8.3f} {r['throughput'] / base:6.2f} {gmacs:>8}  {tokens:>19}  "
               f"{','.join(r['kernel'])}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    pairs = [("ours-exact", "vid-tldr"), ("ours-flash", "vid-tldr"), ("ours-flash", "ours-exact"),
+             ("vid-tldr", "prune-ours")]
+    ratios = bench_common.print_ratios(results, pairs, width=22)
     device = "cuda" if cuda else "cpu"
-    path = out / f"bench_vidtldr-umt_{args.size}-{args.dataset}-f{args.frames}-w{width}-{device}-b{batch}.json"
-    path.write_text(json.dumps({"size": args.size, "dataset": args.dataset, "input_size": list(input_size),
-                                "width": width, "results": results}, indent=2))
-    print(f"wrote {path}")
+    bench_common.write_record(
+        args.out, f"bench_vidtldr-umt_{args.size}-{args.dataset}-f{args.frames}-w{width}-{device}-b{batch}",
+        {"size": args.size, "dataset": args.dataset, "input_size": list(input_size), "width": width,
+         "results": results, "ratios": ratios})
 
 
 if __name__ == "__main__":

@@ -14,15 +14,14 @@ GMACs include the selective scans (repshift.bench.count_gmacs). Random weights: 
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+import bench_common
 import repshift
-from repshift.bench import compare, count_gmacs
+from repshift.bench import compare
 from repshift.models import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -54,45 +53,27 @@ def build(model_config: str, device: str, which: list[str], scan_backend: str) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_common.parser_with_common_options(__doc__, models=VARIANTS, repeats=5,
+                                                     batch_help="default: 8 on CPU, 512 on CUDA")
     parser.add_argument("--model", default="vim_t", help="a configs/model/ ViM config: vim_t (default) or vim_tiny")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--scan-backend", default=None, choices=["torch", "cuda", "auto"],
                         help="default: torch on CPU, auto on CUDA (the mamba_ssm kernels when installed)")
-    parser.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, 512 on CUDA")
     parser.add_argument("--amp", default=None, choices=["float16", "bfloat16"], help="default: float16 on CUDA")
-    parser.add_argument("--models", default=",".join(VARIANTS))
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default="outputs/bench", help="folder for the JSON record")
-    args = parser.parse_args()
-
-    cuda = args.device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but torch sees no CUDA device")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    which = args.models.split(",")
-    unknown = set(which) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown --models entries {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    args, cuda, which = bench_common.parse(parser, VARIANTS)
     batch = args.batch or (512 if cuda else 8)
-    amp = args.amp or ("float16" if cuda else None)
     scan_backend = args.scan_backend or ("auto" if cuda else "torch")
     input_size = (3, 224, 224)
 
     models = build(args.model, args.device, which, scan_backend)
     results = compare(
-        models, batch_size=batch, input_size=input_size, device=args.device, amp_dtype=amp,
+        models, batch_size=batch, input_size=input_size, device=args.device,
+        amp_dtype=args.amp or ("float16" if cuda else None),
         warmup=args.warmup if args.warmup is not None else (10 if cuda else 1),
         iters=args.iters if args.iters is not None else (20 if cuda else 2),
         repeats=args.repeats,
     )
-    for name, model in models.items():
-        results[name]["gmacs"] = count_gmacs(model, input_size)
-        results[name]["tokens"] = list(model.repshift.tokens) if repshift.is_patched(model) else None
+    bench_common.count(results, models, input_size)
+    for name in models:
         results[name]["scan_backend"] = scan_backend
 
     first = next(iter(results.values()))
@@ -102,21 +83,12 @@ def main() -> None:
     for name, r in results.items():
         tokens = "all" if r["tokens"] is None else " -> ".join(str(n) for n in dict.fromkeys(r["tokens"]))
         print(f"{name:8} {r['throughput']:9.2f} {r['gmacs']:7.3f}  {tokens}")
-    ratios = {
-        f"{a}/{b}": results[a]["throughput"] / results[b]["throughput"]
-        for a, b in [("ours", "base"), ("top-vim", "base"), ("static", "base"), ("ours", "static"), ("ours", "top-vim")]
-        if a in results and b in results
-    }
-    for key, value in ratios.items():
-        print(f"{key:14} {value:.3f}")
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench_vim-{args.model}-{'cuda' if cuda else 'cpu'}-{scan_backend}-b{batch}.json"
-    record = {"model": args.model, "schedule": schedule(), "input_size": list(input_size), "results": results,
-              "ratios": ratios}
-    path.write_text(json.dumps(record, indent=2))
-    print(f"wrote {path}")
+    pairs = [("ours", "base"), ("top-vim", "base"), ("static", "base"), ("ours", "static"), ("ours", "top-vim")]
+    ratios = bench_common.print_ratios(results, pairs, width=14)
+    bench_common.write_record(
+        args.out, f"bench_vim-{args.model}-{'cuda' if cuda else 'cpu'}-{scan_backend}-b{batch}",
+        {"model": args.model, "schedule": schedule(), "input_size": list(input_size), "results": results,
+         "ratios": ratios})
 
 
 if __name__ == "__main__":

@@ -368,6 +368,7 @@ class SynthQADataset(TableQADataset):
         return clip(batch=1, seed=i)[0], i
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_single_process(tmp_path):
     outs = run_torchrun_workers(WORKER, tmp_path, Path(__file__).parent)
     single = evaluate_qa(tiny_qa(), SynthQADataset(), batch_size=2, k_test=3, progress=False)

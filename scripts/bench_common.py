@@ -1,0 +1,79 @@
+"""What the model benchmark scripts in this folder share (bench_patch, bench_resnet, bench_vim, bench_vidtldr).
+
+Each script builds its own variants of one model and times them in turns with :func:`repshift.bench.compare`;
+this module gives them one command line for the common knobs, one check of the device, one way to add every
+variant's GMACs and token counts, one printout of throughput ratios against the CPU targets, and one JSON
+record written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+import repshift
+from repshift.bench import count_gmacs
+from repshift.io import atomic_open
+
+
+def parser_with_common_options(doc: str, *, models: Iterable[str], repeats: int, batch_help: str) -> argparse.ArgumentParser:
+    """A parser holding the options every benchmark takes; the script adds its own (``--model`` etc.)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=None, help=batch_help)
+    parser.add_argument("--models", default=",".join(models), help="comma-separated variants to time (default: all)")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default="outputs/bench", help="folder for the JSON record")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, known_models: Iterable[str]) -> tuple[argparse.Namespace, bool, list[str]]:
+    """``(args, cuda, models)``: CUDA asked for but absent, or an unknown ``--models`` entry, is a usage error."""
+    args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but torch sees no CUDA device")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    known = list(known_models)
+    which = args.models.split(",")
+    unknown = set(which) - set(known)
+    if unknown:
+        parser.error(f"unknown --models entries {sorted(unknown)}; choose from {', '.join(known)}")
+    return args, cuda, which
+
+
+def count(results: dict, models: Mapping[str, torch.nn.Module], input_size: Optional[tuple] = None,
+          gmacs: bool = True) -> None:
+    """Add each variant's GMACs of one sample (None when not counted) and the tokens entering each unit."""
+    for name, model in models.items():
+        results[name]["gmacs"] = count_gmacs(model, *([input_size] if input_size else [])) if gmacs else None
+        results[name]["tokens"] = list(model.repshift.tokens) if repshift.is_patched(model) else None
+
+
+def print_ratios(results: dict, pairs: Iterable[tuple[str, str]], targets: Optional[Mapping[str, float]] = None,
+                 width: int = 12) -> dict:
+    """Print ``a/b`` throughput ratios of the pairs both timed, each against its target if one is given."""
+    ratios = {f"{a}/{b}": results[a]["throughput"] / results[b]["throughput"]
+              for a, b in pairs if a in results and b in results}
+    for key, value in ratios.items():
+        target = (targets or {}).get(key)
+        verdict = "" if target is None else f"  (target >= {target}: {'met' if value >= target else 'NOT met'})"
+        print(f"{key:{width}} {value:.3f}{verdict}")
+    return ratios
+
+
+def write_record(out: str, name: str, record: dict) -> Path:
+    """``<out>/<name>.json``, written whole or not at all."""
+    path = Path(out) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as f:
+        json.dump(record, f, indent=2)
+    print(f"wrote {path}")
+    return path
