@@ -93,9 +93,11 @@ reproduce-fig5: install  ## Figure 5: operation (attn/mlp/block) x distance (l1/
 	$(PY) -m repshift.run -m experiment=fig5 metric=random,none site=mlp $(RUN_ARGS)
 	$(call report,fig5)
 
+# Overrides for the Table 8 half alone (`make figures SMOKE=1` narrows its blocks; ARGS= reaches both halves).
+READINGS_TABLE8_ARGS ?=
 reproduce-readings: install  ## which reading of D(F(x), x) reproduces the paper: DeiT-T/S/B x l1/l2/cos x attn/mlp/block x 3 readings
 	$(PY) -m repshift.run -m experiment=readings $(RUN_ARGS)
-	$(PY) -m repshift.run -m experiment=readings_table8 $(RUN_ARGS)
+	$(PY) -m repshift.run -m experiment=readings_table8 $(RUN_ARGS) $(READINGS_TABLE8_ARGS)
 	$(call report,readings)
 
 clean:  ## remove smoke outputs and caches (keeps data/ and real results)

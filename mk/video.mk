@@ -28,7 +28,7 @@ reproduce-table1-umt: install  ## Table 1, UMT-B column: FlashAttention vs self-
 
 reproduce-fig3-umt: install  ## Figure 3, UMT-B: attention score vs representation shift, 1,100 tokens at one block
 	$(PY) -m repshift.run -m experiment=fig3_umt $(FIG3_UMT_ARGS) $(VIDEO_RUN_ARGS)
-	$(PY) -m repshift.run -m experiment=fig3_umt 'compress.layers=[]' $(VIDEO_RUN_ARGS)
+	$(PY) -m repshift.run -m experiment=fig3_umt 'compress.layers=[]' metric=l2 $(VIDEO_RUN_ARGS)
 	$(call report,fig3_umt)
 
 # Table 3 (vid-TLDR merging, issue 11). SMOKE clips have 4 frames (784 tokens): vid-TLDR's schedules, written for

@@ -6,13 +6,18 @@ are checked against direct calls of repshift.representation_shift / repshift.att
 """
 from __future__ import annotations
 
+import csv
+import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import repshift
 from repshift.report import figures, maps
@@ -98,6 +103,16 @@ def test_fig3_panels_values_and_marks(results_root):
     assert hollow == {4.0} and len(markers) == 3
     notes = " ".join(t.get_text() for t in fig.texts)
     assert "no paper series" in notes and "random weights or synthetic data" in notes
+
+
+def test_each_models_panel_names_its_own_quantity(results_root):
+    umt = result("fig3", "l2", "attn", 0.0, [2])
+    umt["model"] = {"name": "umt_b", "family": "umt"}
+    umt["metrics"] = {"hm_r1": 41.5}
+    write_result(results_root / "fig3" / "umt_run", umt)
+    fig = figures.layer_figure("fig3", load_results(results_root / "fig3"))
+    labels = {ax.get_title(): ax.get_ylabel() for ax in fig.axes if ax.get_visible()}
+    assert labels == {"deit_s": "top-1 (%)", "umt_b": "R@1 (%), harmonic mean of T2V / V2T"}
 
 
 def test_fig5_has_an_operation_and_a_distance_panel(results_root):
@@ -243,13 +258,118 @@ def test_figure_logged_to_wandb_offline(wandb_env):
     assert len(logged) == 1 and logged[0].read_bytes()[:8] == PNG_MAGIC
 
 
+FIGURE_SWEEPS = ("reproduce-fig3", "reproduce-fig5", "reproduce-readings", "reproduce-fig1", "reproduce-fig3-umt",
+                 "reproduce-fig7")
+
+
+def dry_run(*args: str) -> list[str]:
+    """The commands ``make -n`` prints (sub-makes' included), without make's own lines."""
+    dry = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    return [line for line in dry.stdout.splitlines() if line.strip() and not line.startswith("make ")]
+
+
 def test_make_figures_runs_every_figure_target():
-    dry = subprocess.run(["make", "-n", "figures", "SMOKE=1"], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert "reproduce-fig3 reproduce-fig5 reproduce-readings" in dry.stdout
-    assert "reproduce-fig1" in dry.stdout and "reproduce-fig7" in dry.stdout
+    commands = dry_run("figures", "SMOKE=1")
     for target, expected in (("figure-maps", "-m repshift.report maps smoke=true logger=none out=outputs/smoke/figures"),
                              ("figure-plots", "-m repshift.report figures results=outputs/smoke out=outputs/smoke/figures"),
                              ("report", "-m repshift.report html results=outputs/smoke figures=outputs/smoke/figures "
                                         "out=outputs/smoke/report")):
         dry = subprocess.run(["make", "-n", target, "SMOKE=1"], cwd=ROOT, capture_output=True, text=True, check=True)
         assert expected in dry.stdout, dry.stdout
+        if target != "report":
+            assert any(expected in c for c in commands)
+    # without SMOKE, `make figures` runs each figure's sweep exactly as its own target does
+    full = dry_run("figures")
+    sweeps = [c for target in FIGURE_SWEEPS for c in dry_run(target)]
+    assert full[:len(sweeps)] == sweeps
+    # with SMOKE, the same sweeps narrowed (4 images, two blocks, Fig. 1 on MSRVTT alone), the readings' Table 8
+    # half alone at blocks 0 and 8, and every figure target still run
+    assert "-m repshift.run -m experiment=fig3 smoke=on hydra/launcher=basic  dataset.limit=4 'compress.layers=[0],[8]'" \
+        in " ".join(commands)
+    readings = [c for c in commands if "experiment=readings" in c]
+    assert readings[0].endswith("dataset.limit=4 metric=l2")
+    assert readings[1].endswith("dataset.limit=4 metric=l2 'compress.layers=[0],[8]'")
+    assert any("experiment=table2 smoke=video" in c and c.endswith("dataset=msrvtt") for c in commands)
+    assert any("repshift.report.fig7 --out outputs/smoke/fig7 --random-weights" in c for c in commands)
+    assert any("experiment=fig3_umt compress.num=367 smoke=video" in c for c in commands)
+
+
+# --------------------------------------------------------------------------- `make figures SMOKE=1`, end to end
+
+#: Every figure of `make figures`, each written as <name>.png and <name>.pdf.
+ALL_FIGURES = ("fig1", "fig3", "fig4", "fig5", "fig6", "fig7", "readings")
+
+
+def copy_of_checkout(dest: Path) -> Path:
+    """This working tree as a fresh clone would have it (tracked and untracked-but-not-ignored files; no outputs/,
+    data/ or .venv), copied to ``dest``. pyproject.toml is dated back so that make, pointed at the running
+    interpreter's installed venv (VENV=), does not reinstall it from the copy."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # a tracked file deleted in the working tree is listed too
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    os.utime(dest / "pyproject.toml", (0, 0))
+    return dest
+
+
+def panel_lines(results: Path, name: str) -> dict[str, set[str]]:
+    """{panel title: line labels} of a per-layer figure drawn from the results under ``results``."""
+    runs = [r for folder in figures.LAYER_FIGURES[name] for r in load_results(results / folder)]
+    fig = figures.layer_figure(name, runs)
+    return {ax.get_title(): set(lines_by_label(ax)) for ax in fig.axes if ax.get_visible()}
+
+
+@pytest.mark.slow
+def test_make_figures_smoke_from_a_fresh_copy(tmp_path):
+    """`make figures SMOKE=1` then `make report SMOKE=1` in a copy of the checkout: every figure as PNG and PDF,
+    with every panel and series (~10 minutes on 2 CPU cores)."""
+    venv = Path(sys.executable).parents[1]
+    if not (venv / ".installed").is_file():
+        pytest.skip(f"needs the venv `make install` made ({venv}/.installed), which the copy's make reuses")
+    repo = copy_of_checkout(tmp_path / "repshift")
+    env = {k: v for k, v in os.environ.items() if k not in ("REPSHIFT_DATA", "REPSHIFT_OUTPUTS")}
+    env["WANDB_MODE"] = "disabled"
+    for target in ("figures", "report"):
+        proc = subprocess.run(["make", "-s", target, "SMOKE=1", f"VENV={venv}"], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=3600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "nothing under" not in proc.stderr  # every figure found its results
+
+    results = repo / "outputs" / "smoke"
+    out = results / "figures"
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{s}" for n in ALL_FIGURES for s in ("png", "pdf"))
+    for name in ALL_FIGURES:
+        assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+        with Image.open(out / f"{name}.png") as png:
+            pixels = np.asarray(png.convert("RGB"))
+        assert min(pixels.shape[:2]) >= 300, (name, pixels.shape)
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100, name  # drawn, not a blank canvas
+
+    controls = {"Random (control) †", "Static (control) †"}
+    assert panel_lines(results, "fig3") == {"deit_s": {"attn_cls †", "l2-attn †", *controls},
+                                            "umt_b": {"attn †", "l2-attn †", "no pruning †"}}
+    assert panel_lines(results, "fig5") == {
+        "deit_s · (a) operation, L2": {"l2-attn †", "l2-mlp †", "l2-block †", *controls},
+        "deit_s · (b) distance, MLP": {"l1-mlp †", "l2-mlp †", "cos-mlp †", *controls}}
+    schedule = {"literal †", "update †", "normed †", "paper (Table 5, Ours)"}
+    table8 = {f"{r} · keep {k} 50 % †" for r in ("literal", "update", "normed") for k in ("top", "bottom")}
+    assert panel_lines(results, "readings") == {
+        **{f"{m} · {figures.SCHEDULE_PANEL}": schedule for m in ("deit_t", "deit_s", "deit_b")},
+        "deit_s · Table 8 check, l2-mlp": table8 | {"paper (Table 8) · keep top 50 %", "paper (Table 8) · keep bottom 50 %"}}
+    # Fig. 1: both UMT sizes x every variant; Fig. 7: the four ResNet-50 stages of four ShapeBench images
+    with open(results / "tables" / "fig1.csv", newline="") as fh:
+        fig1 = {row["model · variant"]: row for row in csv.DictReader(fh)}
+    assert set(fig1) == {f"{size} {variant} †" for size in ("UMT-B", "UMT-L")
+                         for variant in ("Base", "Base+FA", "Attn", "Ours", "Ours+FA")}
+    assert {row["datasets"] for row in fig1.values()} == {"1"}  # SMOKE: MSRVTT alone
+    fig7 = json.loads((results / "fig7" / "fig7.json").read_text())
+    assert fig7["grids"] == [[56, 56], [28, 28], [14, 14], [7, 7]] and len(fig7["images"]) == 4
+
+    page = (results / "report" / "index.html").read_text()
+    for name in ALL_FIGURES:
+        assert f'<figure id="{name}">' in page

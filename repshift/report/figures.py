@@ -314,8 +314,9 @@ def _panel_of(fig_name: str, r: Any) -> list[str]:
     return [""]
 
 
-def _collect_curves(fig_name: str, results: list) -> tuple[dict, dict, str]:
-    """-> (curves[model][panel][line][block] = (value, tainted), baselines[model] = (value, tainted), y label).
+def _collect_curves(fig_name: str, results: list) -> tuple[dict, dict, dict]:
+    """-> (curves[model][panel][line][block] = (value, tainted), baselines[model] = (value, tainted),
+    y label per model: a video model's panels plot R@1, an image model's top-1).
 
     A run with no pruning (or method base) is its model's baseline. Single-block pruning runs are points;
     the readings folder's runs at the DeiT schedule go to the panel :data:`SCHEDULE_PANEL` instead
@@ -323,12 +324,12 @@ def _collect_curves(fig_name: str, results: list) -> tuple[dict, dict, str]:
     """
     curves: dict = {}
     baselines: dict = {}
-    ylabel = ""
+    ylabels: dict = {}
     for r in sorted(results, key=lambda r: r.mtime):
         value, label = _accuracy(r)
         if value is None:
             continue
-        ylabel = ylabel or label
+        ylabels.setdefault(r.model, label)
         if not r.layers or r.method == "base":
             baselines[r.model] = (value, r.tainted)
             continue
@@ -341,7 +342,7 @@ def _collect_curves(fig_name: str, results: list) -> tuple[dict, dict, str]:
         for panel in _panel_of(fig_name, r):
             line = curves.setdefault(r.model, {}).setdefault(panel, {}).setdefault(_line_label(fig_name, r), {})
             line[r.layers[0]] = (value, r.tainted)
-    return curves, baselines, ylabel or "top-1 (%)"
+    return curves, baselines, ylabels
 
 
 def _paper_series(fig_name: str, model: str, panel: str) -> dict[str, dict[int, float]]:
@@ -385,7 +386,7 @@ def layer_figure(fig_name: str, results: list) -> Figure | None:
     """
     if fig_name not in LAYER_FIGURES:
         raise ValueError(f"unknown layer figure {fig_name!r}; valid: {', '.join(LAYER_FIGURES)}")
-    curves, baselines, ylabel = _collect_curves(fig_name, results)
+    curves, baselines, ylabels = _collect_curves(fig_name, results)
     panels = [(model, panel) for model in sorted(curves) for panel in sorted(curves[model])]
     if not panels:
         return None
@@ -404,7 +405,7 @@ def layer_figure(fig_name: str, results: list) -> Figure | None:
         ax.set_visible(False)
     for ax, (model, panel) in zip(axes.flat, panels):
         ax.set_title(f"{model} · {panel}" if panel else model, fontsize=9)
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabels[model])
         ax.grid(True, alpha=0.3)
         if panel == SCHEDULE_PANEL:
             _draw_schedule(ax, model, curves[model][panel])
