@@ -78,6 +78,23 @@ def run_module(workdir: Path, *args: str, check: bool = True, env: dict | None =
     return proc
 
 
+#: A UMT-shaped encoder with 4 patches per frame (32x32 frames): cheap enough for every option.
+SMALL_UMT = dict(img_size=32, embed_dim=16, depth=3, num_heads=2, proj_dim=8)
+
+
+def small_encoder(frames: int = 4, **overrides):
+    """A small random UMT video encoder (:data:`SMALL_UMT`), eval mode, seeded."""
+    from repshift.models import umt  # transformers: only for the tests that use UMT
+
+    torch.manual_seed(0)
+    return umt.vision_encoder("b", frames, **{**SMALL_UMT, **overrides}).eval()
+
+
+def clip(frames: int = 4, size: int = 32, batch: int = 2) -> torch.Tensor:
+    """A seeded random clip batch ``[batch, frames, 3, size, size]``."""
+    return torch.randn(batch, frames, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
 def make_smoke(target: str, tmp_path: Path, *args: str, env: dict | None = None,
                timeout: int = 1800) -> tuple[str, Path]:
     """``make <target> SMOKE=1`` as a user runs it, writing under ``tmp_path`` (data in ``tmp_path/data``,

@@ -15,20 +15,7 @@ from repshift.models import umt
 from repshift.report.results import RunResult
 from repshift.report.video_tables import DATASETS, build_fig1, build_fig3_umt, build_table2, fig1_points
 
-from support import make_smoke, run_module
-
-#: A UMT-shaped encoder with 4 patches per frame (32x32 frames): cheap enough for every option.
-SMALL = dict(img_size=32, embed_dim=16, depth=3, num_heads=2, proj_dim=8)
-
-
-def small_encoder(frames: int = 4, **overrides) -> umt.UMTVision:
-    torch.manual_seed(0)
-    return umt.vision_encoder("b", frames, **{**SMALL, **overrides}).eval()
-
-
-def clip(frames: int = 4, size: int = 32, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, frames, 3, size, size, generator=torch.Generator().manual_seed(1))
-
+from support import SMALL_UMT, clip, make_smoke, run_module, small_encoder
 
 # --------------------------------------------------------------------------- adapter
 
@@ -174,7 +161,7 @@ def tiny_retrieval() -> umt.UMTRetrieval:
     torch.manual_seed(0)
     text = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=128,
                 max_position_embeddings=64, fusion_layer=1)
-    return umt.retrieval_model("b", 4, vision=SMALL, text=text, tokenizer="tiny").eval()
+    return umt.retrieval_model("b", 4, vision=SMALL_UMT, text=text, tokenizer="tiny").eval()
 
 
 def test_patching_a_retrieval_model_prunes_its_encoder():
@@ -214,7 +201,7 @@ def test_gmacs_of_umt_b_count_what_the_paper_counts_but_layernorm():
 
 def test_build_model_dispatches_on_family():
     config = {"family": "umt", "name": "umt_b16", "size": "b", "num_frames": 4, "part": "vision",
-              "pretrained": False, "checkpoint": None, "vision": SMALL, "input_size": [4, 3, 32, 32], "unit": "vid/s"}
+              "pretrained": False, "checkpoint": None, "vision": SMALL_UMT, "input_size": [4, 3, 32, 32], "unit": "vid/s"}
     model, weights = build_model(config)
     assert isinstance(model, umt.UMTVision) and weights == {"real": False, "source": "random-init"}
     timm_config = {"name": "vit_tiny_patch16_224", "pretrained": False, "checkpoint": None,

@@ -17,20 +17,7 @@ from repshift.report.tables import paper_numbers
 from repshift.report.video_tables import DATASETS, build_table3
 from repshift.select import gather_tokens
 
-from support import ROOT, make_smoke
-
-#: 32x32 frames: 4 patches per frame, 16 tokens for 4 frames.
-SMALL = dict(img_size=32, embed_dim=16, depth=3, num_heads=2, proj_dim=8)
-
-
-def small_encoder(frames: int = 4, **overrides) -> umt.UMTVision:
-    torch.manual_seed(0)
-    return umt.vision_encoder("b", frames, **{**SMALL, **overrides}).eval()
-
-
-def clip(frames: int = 4, size: int = 32, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, frames, 3, size, size, generator=torch.Generator().manual_seed(1))
-
+from support import ROOT, clip, make_smoke, small_encoder
 
 def hand_forward(model: umt.UMTVision, video: torch.Tensor, schedule: dict, saliency_of):
     """vid-TLDR's encoder written out with repshift.merge: proportional attention, merge after the attention

@@ -139,17 +139,7 @@ class VideoQADataset(ClipDataset):
         A config with ``generate`` set (SMOKE) writes the synthetic clips and QA files under ``cfg.root`` first
         (rank 0 under torchrun; the other ranks wait for it).
         """
-        if cfg.get("generate"):
-            from repshift.data import synthetic_video
-            from repshift.evaluate import distributed
-
-            if distributed.is_main():
-                synthetic_video.ensure(cfg.root, **cfg.generate)
-            distributed.barrier()
-        split = split or cfg.split
-        if split not in cfg.anno_files:
-            raise KeyError(f"dataset {cfg.name} has no annotation file for split {split!r} "
-                           f"(dataset.anno_files has: {', '.join(cfg.anno_files)})")
+        split = cls.prepare(cfg, split)
         loader = ClipLoader(num_frames=cfg.num_frames, img_size=cfg.img_size, sampling=cfg.sampling,
                             reader=cfg.video_reader, antialias=cfg.antialias)
         return cls(cfg.anno_files[split], cfg.answer_list, cfg.video_dir, loader, max_q_len=cfg.max_q_len,

@@ -165,6 +165,23 @@ class ClipDataset(torch.utils.data.Dataset):
     clip_loader: ClipLoader
     skip_corrupt: bool
 
+    @staticmethod
+    def prepare(cfg, split: str | None) -> str:
+        """The split a ``from_config`` reads (``cfg.split`` by default), after writing the synthetic clips and
+        annotations a config with ``generate`` asks for (SMOKE; rank 0 under torchrun, the others wait)."""
+        if cfg.get("generate"):
+            from repshift.data import synthetic_video
+            from repshift.evaluate import distributed
+
+            if distributed.is_main():
+                synthetic_video.ensure(cfg.root, **cfg.generate)
+            distributed.barrier()
+        split = split or cfg.split
+        if split not in cfg.anno_files:
+            raise KeyError(f"dataset {cfg.name} has no annotation file for split {split!r} "
+                           f"(dataset.anno_files has: {', '.join(cfg.anno_files)})")
+        return split
+
     def __len__(self) -> int:
         return len(self.videos)
 
@@ -223,17 +240,7 @@ class VideoTextRetrievalDataset(ClipDataset):
         A config with ``generate`` set (synthetic_video) writes its clips under ``cfg.root`` first (rank 0 under
         torchrun; the other ranks wait for it).
         """
-        if cfg.get("generate"):
-            from repshift.data import synthetic_video
-            from repshift.evaluate import distributed
-
-            if distributed.is_main():
-                synthetic_video.ensure(cfg.root, **cfg.generate)
-            distributed.barrier()
-        split = split or cfg.split
-        if split not in cfg.anno_files:
-            raise KeyError(f"dataset {cfg.name} has no annotation file for split {split!r} "
-                           f"(dataset.anno_files has: {', '.join(cfg.anno_files)})")
+        split = cls.prepare(cfg, split)
         loader = ClipLoader(
             num_frames=cfg.num_frames,
             img_size=cfg.img_size,
