@@ -335,13 +335,23 @@ def retrieval_model(
     folder / hub name in the HF cache (:func:`repshift.models.umt_text.load_tokenizer`).
     """
     vision_model = vision_encoder(size, num_frames, **dict(vision or {}))
+    text_encoder, tokenizer = text_side(size, vision_model, text, tokenizer)
+    return UMTRetrieval(vision_model, text_encoder, tokenizer)
+
+
+def text_side(size: str, vision_model: UMTVision, text: Optional[Mapping[str, Any]], tokenizer: Any):
+    """``(text_encoder, tokenizer)`` of a UMT model built around ``vision_model`` (retrieval and QA).
+
+    ``text`` overrides BertConfig fields and may set ``fusion_layer`` (the first layer that cross-attends to the
+    video: 9 for B, 19 for L); a tokenizer given by name or folder is loaded for the config's vocabulary.
+    """
     text = dict(text or {})
     fusion_layer = text.pop("fusion_layer", FUSION_LAYER[size])
     config = bert_config(size, **text)
     text_encoder = UMTTextEncoder(config, fusion_layer, encoder_width=vision_model.embed_dim)
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer, config.vocab_size)
-    return UMTRetrieval(vision_model, text_encoder, tokenizer)
+    return text_encoder, tokenizer
 
 
 # ------------------------------------------------------------------------------------------ loading

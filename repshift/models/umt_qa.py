@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -32,8 +31,8 @@ from torch import Tensor, nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer, BertOnlyMLMHead
 
-from repshift.models.umt import UMTVision, _as_state_dict, _load, _vision_key, build_part, vision_encoder
-from repshift.models.umt_text import FUSION_LAYER, TOKENIZER, UMTTextEncoder, bert_config, load_tokenizer
+from repshift.models.umt import UMTVision, _as_state_dict, _load, _vision_key, build_part, text_side, vision_encoder
+from repshift.models.umt_text import TOKENIZER, UMTTextEncoder
 
 log = logging.getLogger("repshift.models.umt_qa")
 
@@ -200,15 +199,11 @@ def qa_model(
     (UMT's ``build_bert_decoder``). ``tokenizer`` as in :func:`repshift.models.umt.retrieval_model`.
     """
     vision_model = vision_encoder(size, num_frames, **{**dict(vision or {}), "pooled": False})
-    text = dict(text or {})
-    fusion_layer = text.pop("fusion_layer", FUSION_LAYER[size])
-    config = bert_config(size, **text)
-    text_encoder = UMTTextEncoder(config, fusion_layer, encoder_width=vision_model.embed_dim)
+    text_encoder, tokenizer = text_side(size, vision_model, text, tokenizer)
+    config = text_encoder.config
     decoder_config = copy.deepcopy(config)
-    decoder_config.num_hidden_layers = config.num_hidden_layers - fusion_layer
+    decoder_config.num_hidden_layers = config.num_hidden_layers - text_encoder.fusion_layer
     text_decoder = UMTTextDecoder(decoder_config)
-    if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = load_tokenizer(tokenizer, config.vocab_size)
     return UMTQA(vision_model, text_encoder, text_decoder, tokenizer)
 
 
