@@ -15,6 +15,7 @@ hook timm's own model modules use.
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -28,6 +29,8 @@ from repshift.models import convstem_vit  # noqa: F401  (registers vit_convstem_
 from repshift.models import vim  # noqa: F401  (registers vim_t_midclstok with timm)
 
 
+#: ``model.family`` -> the module whose ``build(config)`` builds that family from its model config.
+FAMILY_BUILDERS = {"umt": "repshift.models.umt", "umt_qa": "repshift.models.umt_qa"}
 #: Model-config keys read by the runner (bench, GMACs), not by a builder.
 RUNNER_KEYS = ("input_size", "unit")
 #: Model-config keys of the timm builder (a config without ``family``).
@@ -73,16 +76,12 @@ def build_model(
 def _build_from_config(config: Mapping[str, Any]) -> tuple[torch.nn.Module, dict]:
     config = {key: value for key, value in config.items() if key not in RUNNER_KEYS}
     family = config.pop("family", None)
-    if family == "umt":
-        from repshift.models import umt  # imports transformers: only when a UMT is asked for
-
-        return umt.build(config)
-    if family == "umt_qa":
-        from repshift.models import umt_qa
-
-        return umt_qa.build(config)
+    if family in FAMILY_BUILDERS:
+        # imported here: the UMT modules import transformers, which only a UMT run should pay for
+        return importlib.import_module(FAMILY_BUILDERS[family]).build(config)
     if family is not None:
-        raise ValueError(f"model.family={family!r} is unknown; expected umt, umt_qa, or no family for a timm model name")
+        raise ValueError(f"model.family={family!r} is unknown; expected {', '.join(FAMILY_BUILDERS)}, "
+                         "or no family for a timm model name")
     unknown = sorted(set(config) - set(TIMM_KEYS))
     if unknown:
         raise ValueError(f"unknown model config keys {unknown} for a timm model; known: {list(TIMM_KEYS)}")
