@@ -32,7 +32,7 @@ reproduce-fig3-umt: install  ## Figure 3, UMT-B: attention score vs representati
 	$(call report,fig3_umt)
 
 # Table 3 (vid-TLDR merging, issue 11). SMOKE clips have 4 frames (784 tokens): vid-TLDR's schedules, written for
-# 12 frames (2,352 tokens), are scaled by 1/3 (configs/compress/vid_tldr.yaml, table "smoke").
+# 12 frames (2,352 tokens), are scaled by 1/3 (repshift/configs/compress/vid_tldr.yaml, table "smoke").
 TABLE3_ARGS = $(if $(filter 1,$(SMOKE)),++vid_tldr.table=smoke)
 
 .PHONY: reproduce-table3

@@ -23,7 +23,6 @@ figure is the same on every device. For models without scans the tally is 0 and 
 from __future__ import annotations
 
 import contextlib
-import platform
 import statistics
 import time
 from typing import Optional
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 from repshift.attention import record_kernels
 from repshift.ops import tally_macs
 from repshift.patch import is_patched
+from repshift.provenance import device_name
 
 AMP_DTYPES = {None: None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -90,25 +90,6 @@ def count_gmacs(model, input_size=(3, 224, 224), device=None) -> float:
     finally:
         model.train(was_training)
     return (counter.get_total_flops() / 2 + explicit.scan) / 1e9
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device) -> str:
-    """GPU name, or the CPU model and thread count: recorded beside every throughput figure."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU: {cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 @torch.inference_mode()

@@ -1,6 +1,6 @@
 """Hydra's submitit SLURM launcher with what a sweep on a cluster needs.
 
-``hydra/launcher=slurm`` (configs/hydra/launcher/slurm.yaml) selects :class:`SlurmLauncher` (through
+``hydra/launcher=slurm`` (repshift/configs/hydra/launcher/slurm.yaml) selects :class:`SlurmLauncher` (through
 ``hydra_plugins.repshift_launcher``: Hydra instantiates launchers only from that namespace). Over the
 plugin's launcher it adds:
 
@@ -23,14 +23,12 @@ overrides, job id, log paths): :mod:`repshift.status` and the resume check read 
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,13 +40,11 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
-from repshift.io import atomic_open
 from repshift.report.results import is_finished
-from repshift.status import ACTIVE_STATES, slurm_states
+from repshift.status import ACTIVE_STATES, read_submissions, slurm_states, write_submission
 
 log = logging.getLogger(__name__)
 
-SUBMISSIONS = ".submissions"
 # SLURM end states in which a job cannot have written its result; no need to wait for one
 ENDED_WITHOUT_RESULT = {"CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 _INT_KEYS = ("timeout_min", "cpus_per_task", "gpus_per_node", "gpus_per_task", "tasks_per_node", "mem_gb",
@@ -124,7 +120,11 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         self._check_request()
         jobs = self._submit(todo, sweep_dir)
         array_id = jobs[0].job_id.split("_")[0]
-        _write_submission(sweep_dir, array_id, todo, jobs)
+        write_submission(sweep_dir, array_id, [
+            {"run_dir": str(run.run_dir), "overrides": run.overrides, "job_num": run.job_num, "job_id": job.job_id,
+             "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+            for run, job in zip(todo, jobs)
+        ])
         log.info("submitted array job %s: %d runs (%d finished and %d running skipped)",
                  array_id, len(todo), len(finished), len(running))
         if self.detach:
@@ -175,7 +175,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         except submitit.core.utils.FailedJobError as error:  # sbatch refused the request
             raise LauncherConfigError(
                 f"sbatch refused the array job ({_request_text(self.params)}):\n{_sbatch_message(error)}\n"
-                "Change the request with hydra.launcher.<key>=... (see configs/hydra/launcher/slurm.yaml)"
+                "Change the request with hydra.launcher.<key>=... (see repshift/configs/hydra/launcher/slurm.yaml)"
             ) from None
 
     def _wait(self, runs: list[PlannedRun], jobs: list) -> list[Failure]:
@@ -248,37 +248,6 @@ def _summary(failures: list[Failure], n_runs: int, sweep_dir: Path) -> str:
 
 
 # ------------------------------------------------------------------------------- submissions
-
-def _write_submission(sweep_dir: Path, array_id: str, runs: list[PlannedRun], jobs: list) -> Path:
-    record = {
-        "array_job_id": array_id,
-        "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "runs": [
-            {"run_dir": str(run.run_dir), "overrides": run.overrides, "job_num": run.job_num, "job_id": job.job_id,
-             "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
-            for run, job in zip(runs, jobs)
-        ],
-    }
-    path = sweep_dir / SUBMISSIONS / f"{array_id}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "w") as fh:
-        json.dump(record, fh, indent=1)
-    return path
-
-
-def read_submissions(sweep_dir: str | Path) -> dict[str, dict]:
-    """The latest submission record of each run folder under ``sweep_dir``, keyed by its path."""
-    latest: dict[str, dict] = {}
-    for path in sorted(Path(sweep_dir).glob(f"{SUBMISSIONS}/*.json"), key=lambda p: p.stat().st_mtime):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            log.warning("ignoring unreadable submission record %s", path)
-            continue
-        for run in record.get("runs", []):
-            latest[run["run_dir"]] = {**run, "submitted": record.get("submitted")}
-    return latest
-
 
 def _active_runs(sweep_dir: Path) -> dict[str, tuple[str, str]]:
     """Run folders whose latest job is still pending or running: {run_dir: (job id, state)}."""

@@ -23,8 +23,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import repshift
-from repshift import scores, tasks
-from repshift.evaluate import distributed
+from repshift import provenance, scores, tasks
+from repshift import distributed
 from repshift.models import build_model
 from repshift.report import results
 from repshift.report.wandb_logger import NullLogger
@@ -51,22 +51,22 @@ def method_name(cfg: DictConfig) -> str:
         return str(cfg.method.name)
     if not compresses(cfg):
         return "base"
-    metric = cfg.metric.name
+    metric = cfg.metric
     if metric in scores.ATTENTION_METRICS:
-        return "attn" if cfg.attention.name == "eager" else "attn+sdpa"
+        return "attn" if cfg.attention == "eager" else "attn+sdpa"
     if metric == "random":
         return "random"
     if metric == "none":
         return "static"
     if metric == "top_vim":
         return "top-vim"
-    return "ours" if (metric, cfg.site.name) == ("l2", "mlp") else f"{metric}-{cfg.site.name}"
+    return "ours" if (metric, cfg.site) == ("l2", "mlp") else f"{metric}-{cfg.site}"
 
 
 def method_record(cfg: DictConfig) -> dict:
     """``{name, label}`` of the run's table row; a non-default reading of a shift score is part of both."""
     name, label = method_name(cfg), str(cfg.method.label or method_name(cfg))
-    if compresses(cfg) and cfg.metric.name in scores.SHIFT_METRICS and cfg.reading != "literal":
+    if compresses(cfg) and cfg.metric in scores.SHIFT_METRICS and cfg.reading != "literal":
         name, label = f"{name}@{cfg.reading}", f"{label} ({cfg.reading} reading)"
     return {"name": name, "label": label}
 
@@ -101,18 +101,18 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
 
 def compress_model(model, cfg: DictConfig):
     """Apply the configured pruning and attention backend; a plain sdpa Base stays the model's own forward."""
-    if not compresses(cfg) and cfg.attention.name == "sdpa":
+    if not compresses(cfg) and cfg.attention == "sdpa":
         return model
     c = cfg.compress
     try:
         repshift.patch(
             model,
-            metric=cfg.metric.name,
-            site=cfg.site.name,
+            metric=cfg.metric,
+            site=cfg.site,
             layers=tuple(c.layers) if compresses(cfg) else (),
             ratio=c.ratio if c.num is None else None,
             num=c.num,
-            attention=cfg.attention.name,
+            attention=cfg.attention,
             seed=cfg.seed,
             keep=c.keep,
             reading=cfg.reading,
@@ -121,14 +121,14 @@ def compress_model(model, cfg: DictConfig):
         )
     except (TypeError, ValueError) as error:
         raise ValueError(
-            f"cannot apply compress={OmegaConf.to_container(c)} metric={cfg.metric.name} site={cfg.site.name} "
+            f"cannot apply compress={OmegaConf.to_container(c)} metric={cfg.metric} site={cfg.site} "
             f"reading={cfg.reading} "
-            f"attention={cfg.attention.name} to model={cfg.model.name}: {error}"
+            f"attention={cfg.attention} to model={cfg.model.name}: {error}"
         ) from error
     return model
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="run")
+@hydra.main(version_base="1.3", config_path="pkg://repshift.configs", config_name="run")
 def main(cfg: DictConfig) -> dict | None:
     todo = tasks.parse_tasks(cfg.task)
     check_merge_host(cfg)
@@ -145,7 +145,7 @@ def main(cfg: DictConfig) -> dict | None:
     try:
         logger.start(config)
         result = execute(cfg, todo, device, rank, world, logger)
-        result.update(config=config, env=results.environment())
+        result.update(config=config, env=provenance.environment())
         if rank == 0:
             path = results.write_result(run_dir, result)
             log.info("wrote %s", path)
@@ -173,11 +173,11 @@ def execute(cfg: DictConfig, todo: list[str], device: torch.device, rank: int, w
         "method": method_record(cfg),
         "model": {"name": HydraConfig.get().runtime.choices.get("model"), "arch": cfg.model.name,
                   "family": model.repshift.family if repshift.is_patched(model) else None},
-        "metric": cfg.metric.name,
+        "metric": cfg.metric,
         "metric_resolved": model.repshift.metric if repshift.is_patched(model) else None,
-        "site": cfg.site.name,
+        "site": cfg.site,
         "reading": cfg.reading,
-        "attention": cfg.attention.name,
+        "attention": cfg.attention,
         "compress": OmegaConf.to_container(cfg.compress, resolve=True) if compresses(cfg) else None,
         "weights": weights,
         "world_size": world,

@@ -19,22 +19,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from tabulate import tabulate
 
+from repshift.io import atomic_open
 from repshift.report.results import RESULT_NAME, is_finished
 
-__all__ = ["ACTIVE_STATES", "slurm_states", "sweep_status", "main"]
+log = logging.getLogger(__name__)
+
+__all__ = ["ACTIVE_STATES", "SUBMISSIONS", "read_submissions", "slurm_states", "sweep_status", "write_submission", "main"]
 
 # SLURM states of a job that may still write its result
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
                  "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 ORDER = {"failed": 0, "missing": 1, "running": 2, "done": 3}
+#: Where the SLURM launcher records each submission, inside the sweep folder.
+SUBMISSIONS = ".submissions"
 
 
 def _expand(job_id: str) -> list[str]:
@@ -88,10 +95,34 @@ def _local_wall(run_dir: Path) -> str | None:
     return f"{minutes // 60:02d}:{minutes % 60:02d}:{seconds:02d}"  # as sacct's Elapsed
 
 
+def write_submission(sweep_dir: Path, array_id: str, runs: list[dict]) -> Path:
+    """Record one array submission: ``runs`` holds each run's ``run_dir, overrides, job_num, job_id, stdout,
+    stderr``. Written atomically to ``<sweep dir>/.submissions/<array id>.json``."""
+    record = {"array_job_id": array_id, "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "runs": runs}
+    path = Path(sweep_dir) / SUBMISSIONS / f"{array_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "w") as fh:
+        json.dump(record, fh, indent=1)
+    return path
+
+
+def read_submissions(sweep_dir: str | Path) -> dict[str, dict]:
+    """The latest submission record of each run folder under ``sweep_dir``, keyed by its path."""
+    latest: dict[str, dict] = {}
+    for path in sorted(Path(sweep_dir).glob(f"{SUBMISSIONS}/*.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            log.warning("ignoring unreadable submission record %s", path)
+            continue
+        for run in record.get("runs", []):
+            latest[run["run_dir"]] = {**run, "submitted": record.get("submitted")}
+    return latest
+
+
 def sweep_status(sweep_dir: str | Path) -> list[dict]:
     """One dict per run: run, status, job, slurm_state, wall, log."""
-    from repshift.launchers import read_submissions  # the launcher imports this module too
-
     sweep_dir = Path(sweep_dir).absolute()
     submitted = read_submissions(sweep_dir)
     folders = {str(p.parent.absolute()) for marker in (".hydra", RESULT_NAME) for p in sweep_dir.glob(f"*/{marker}")

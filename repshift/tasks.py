@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repshift import bench
 from repshift.data.build import build_dataset, describe_dataset
-from repshift.evaluate import distributed
+from repshift import distributed
 from repshift.evaluate.classification import evaluate as evaluate_classification
 from repshift.evaluate.qa import QA_METHODS, evaluate_qa
 from repshift.evaluate.qa import format_metrics as format_qa

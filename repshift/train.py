@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from repshift.evaluate import distributed
+from repshift import distributed
 from repshift.evaluate.classification import collate_image_label, evaluate
 from repshift.io import atomic_open
 

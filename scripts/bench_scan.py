@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from repshift.bench import cpu_name
+from repshift.provenance import cpu_name
 from repshift.ops import BLOCK_ELEMENTS, selective_scan, selective_scan_reference
 
 

@@ -12,23 +12,21 @@ Models, timed in turns within every repeat (repshift.bench.compare), on the same
                (its log(size) bias makes SDPA leave FlashAttention for the memory-efficient kernel on CUDA)
   ours-flash   as ours-exact without the size bias: FlashAttention kept
   prune-ours   Table 2's pruning: L2 shift across the MLP, 20 % after blocks 0, 1, 2, sdpa
-Merging schedules: vid-TLDR's published ones (configs/compress/vid_tldr.yaml), global mean pooling.
+Merging schedules: vid-TLDR's published ones (repshift/configs/compress/vid_tldr.yaml), global mean pooling.
 Random weights (throughput does not depend on them). --width shrinks the encoder's width (and heads) for a
 quick run at the real token counts; the printed GMACs are then of that narrow encoder.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 import bench_common
 import repshift
+from repshift import configs
 from repshift.bench import compare
 from repshift.models import umt
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "base": (dict(metric="none", layers=(), ratio=0.0, attention="eager"), True),
     "base-fa": (None, True),
@@ -41,7 +39,7 @@ VARIANTS = {
 
 def schedule(dataset: str, size: str) -> dict:
     """vid-TLDR's published schedule for ``dataset`` and ``size``, as the compress config holds it."""
-    config = OmegaConf.load(ROOT / "configs" / "compress" / "vid_tldr.yaml")
+    config = configs.load("compress", "vid_tldr")
     return dict(layers=tuple(config.compress.layers), num=list(config.vid_tldr.schedules.published[dataset][size]))
 
 

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_vim.py --device cuda   # GPU, batch 512, AMP fp16, scan_backend auto
     .venv/bin/python scripts/bench_vim.py --model vim_tiny --repeats 3   # the small test model
 
-Models (ViM's Table 7 schedule, configs/compress/vim.yaml: after layers 9 and 19, 197 -> 157 -> 125 tokens):
+Models (ViM's Table 7 schedule, repshift/configs/compress/vim.yaml: after layers 9 and 19, 197 -> 157 -> 125 tokens):
   base     the model's own forward
   ours     repshift.patch(metric=l2, site=mixer): representation shift across the mixer, then prune
   top-vim  repshift.patch(metric=top_vim): ToP-ViM's score (channel sum of the backward-scan output)
@@ -14,17 +14,16 @@ GMACs include the selective scans (repshift.bench.count_gmacs). Random weights: 
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 import bench_common
 import repshift
+from repshift import configs
 from repshift.bench import compare
 from repshift.models import build_model
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VARIANTS = {
     "base": None,
     "ours": dict(metric="l2", site="mixer"),
@@ -34,13 +33,13 @@ VARIANTS = {
 
 
 def schedule() -> dict:
-    """The pruning schedule of configs/compress/vim.yaml, as repshift.patch takes it."""
-    compress = OmegaConf.to_container(OmegaConf.load(CONFIGS / "compress" / "vim.yaml"))
+    """The pruning schedule of repshift/configs/compress/vim.yaml, as repshift.patch takes it."""
+    compress = OmegaConf.to_container(configs.load("compress", "vim"))
     return dict(layers=compress["layers"], ratio=compress["ratio"], num=compress["num"], keep=compress["keep"])
 
 
 def build(model_config: str, device: str, which: list[str], scan_backend: str) -> dict:
-    config = OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / f"{model_config}.yaml"))
+    config = OmegaConf.to_container(configs.load("model", model_config))
     kwargs = dict(config["kwargs"], scan_backend=scan_backend)
     models = {}
     for name in which:
@@ -55,7 +54,7 @@ def build(model_config: str, device: str, which: list[str], scan_backend: str) -
 def main() -> None:
     parser = bench_common.parser_with_common_options(__doc__, models=VARIANTS, repeats=5,
                                                      batch_help="default: 8 on CPU, 512 on CUDA")
-    parser.add_argument("--model", default="vim_t", help="a configs/model/ ViM config: vim_t (default) or vim_tiny")
+    parser.add_argument("--model", default="vim_t", help="a repshift/configs/model/ ViM config: vim_t (default) or vim_tiny")
     parser.add_argument("--scan-backend", default=None, choices=["torch", "cuda", "auto"],
                         help="default: torch on CPU, auto on CUDA (the mamba_ssm kernels when installed)")
     parser.add_argument("--amp", default=None, choices=["float16", "bfloat16"], help="default: float16 on CUDA")

@@ -14,11 +14,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
+from repshift.configs import CONFIG_DIR
 from repshift.patch import Adapter, PruneState, score_tokens
 from repshift.select import protected_mask
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = CONFIG_DIR
 # The tiny random ViT on a few ShapeBench images with 8 outputs (so accuracy is not trivially 0).
 QUICK = ["smoke=on", "model=tiny", "+model.kwargs.num_classes=8"]
 
@@ -61,7 +62,7 @@ def distance_by_hand(after, before, metric: str):
 
 
 def compose_run(overrides: list[str], return_hydra_config: bool = False):
-    """``configs/run.yaml`` composed with ``overrides``, as ``python -m repshift.run`` would see it."""
+    """``repshift/configs/run.yaml`` composed with ``overrides``, as ``python -m repshift.run`` would see it."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose("run", overrides=overrides, return_hydra_config=return_hydra_config)

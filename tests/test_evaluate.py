@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from repshift.evaluate import distributed as D
+from repshift import distributed as D
 from repshift.evaluate.classification import evaluate
 
 from support import TORCHRUN_VARS, run_torchrun_workers
@@ -195,7 +195,7 @@ def random_problem():
 WORKER = """
 import json, os, sys
 sys.path.insert(0, {tests_dir!r})
-from repshift.evaluate import distributed as D
+from repshift import distributed as D
 from repshift.evaluate.classification import evaluate
 from test_evaluate import random_problem
 

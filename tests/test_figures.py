@@ -1,7 +1,7 @@
 """Figures of `make figures`: per-layer accuracy plots (Figs. 3 / 5, readings), score maps (Figs. 4 / 6).
 
 The plots are drawn from result files this test writes; the maps run the SMOKE code path (the tiny
-random ViT of configs/model/tiny.yaml with 12 blocks, on the SMOKE ShapeBench images) and their values
+random ViT of repshift/configs/model/tiny.yaml with 12 blocks, on the SMOKE ShapeBench images) and their values
 are checked against direct calls of repshift.representation_shift / repshift.attention_scores.
 """
 from __future__ import annotations

@@ -338,7 +338,7 @@ WORKER = """
 import json, os, sys
 sys.path.insert(0, {tests_dir!r})
 import torch
-from repshift.evaluate import distributed as D
+from repshift import distributed as D
 from repshift.evaluate.qa import evaluate_qa
 from test_qa import tiny_qa, SynthQADataset
 

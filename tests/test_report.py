@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from repshift import provenance
 from repshift.report import results as R
 from repshift.report import tables as T
 from repshift.report.__main__ import main as report_main
@@ -138,7 +139,7 @@ def test_collect_and_is_finished(tmp_path):
 
 
 def test_environment_has_the_keys():
-    env = R.environment()
+    env = provenance.environment()
     for key in ("git_commit", "git_dirty", "python", "torch", "cuda", "cudnn", "timm", "hydra", "omegaconf",
                 "wandb", "pandas", "device", "num_gpus", "hostname", "slurm_job_id", "slurm_array_job_id",
                 "slurm_array_task_id"):
@@ -151,7 +152,7 @@ def test_environment_has_the_keys():
 
 
 def test_git_info_outside_a_checkout(tmp_path):
-    assert R.git_info(tmp_path)["git_commit"] == "unknown"
+    assert provenance.git_info(tmp_path)["git_commit"] == "unknown"
 
 
 def test_git_info_reads_head_files_without_git(tmp_path, monkeypatch):
@@ -163,15 +164,15 @@ def test_git_info_reads_head_files_without_git(tmp_path, monkeypatch):
     def no_git(*a, **k):
         raise FileNotFoundError("git")
 
-    monkeypatch.setattr(R.subprocess, "run", no_git)
-    info = R.git_info(tmp_path)
+    monkeypatch.setattr(provenance.subprocess, "run", no_git)
+    info = provenance.git_info(tmp_path)
     assert info == {"git_commit": "a" * 40, "git_dirty": None}
 
 
 def test_environment_slurm_ids(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "123")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
-    env = R.environment()
+    env = provenance.environment()
     assert env["slurm_job_id"] == "123" and env["slurm_array_task_id"] == "4"
 
 
@@ -282,7 +283,7 @@ def test_unversioned_result_files_are_read_like_current_ones():
     (run,) = T._runs([old])
     assert (run.method, run.method_label, run.throughput, run.throughput_unit) == ("attn+sdpa", "attn+sdpa", 1000.0, "img/s")
     df = T.build("table5", [old])
-    assert cell(df, "deit_s · Acc", "Attn+SDPA · ours") == 72.5  # label from configs/method/attn_sdpa.yaml
+    assert cell(df, "deit_s · Acc", "Attn+SDPA · ours") == 72.5  # label from repshift/configs/method/attn_sdpa.yaml
 
 
 def test_table5_shows_controls_with_their_declared_labels():

@@ -300,7 +300,7 @@ def random_problem():
 WORKER = """
 import json, os, sys
 sys.path.insert(0, {tests_dir!r})
-from repshift.evaluate import distributed as D
+from repshift import distributed as D
 from repshift.evaluate.retrieval import evaluate_retrieval
 from test_retrieval import random_problem
 

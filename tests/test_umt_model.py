@@ -11,10 +11,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertModel
 
+from repshift.configs import CONFIG_DIR
 from repshift.models import RUNNER_KEYS, build_model, umt
 from repshift.models.umt_text import load_tokenizer, write_vocab
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+CONFIGS = CONFIG_DIR / "model"
 TINY_VISION = dict(embed_dim=64, depth=2, num_heads=2, proj_dim=32)
 TINY_TEXT = dict(
     hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=128, vocab_size=128,

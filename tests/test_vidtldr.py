@@ -11,13 +11,14 @@ from omegaconf import OmegaConf
 
 import repshift
 from repshift import merge, scores
+from repshift.configs import CONFIG_DIR
 from repshift.models import umt
 from repshift.report.results import RunResult
 from repshift.report.tables import paper_numbers
 from repshift.report.video_tables import DATASETS, build_table3
 from repshift.select import gather_tokens
 
-from support import ROOT, clip, make_smoke, small_encoder
+from support import clip, make_smoke, small_encoder
 
 def hand_forward(model: umt.UMTVision, video: torch.Tensor, schedule: dict, saliency_of):
     """vid-TLDR's encoder written out with repshift.merge: proportional attention, merge after the attention
@@ -69,12 +70,12 @@ def test_patched_umt_merges_as_the_hand_written_forward(metric, attention):
 
 def test_msrvtt_b_schedule_token_counts_at_12_frames_from_the_configs():
     """vid-TLDR's MSRVTT UMT-B schedule [600, 200, 100]: 2352 -> 1752 -> 1552 -> 1452 (real token count, width 8)."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("run", overrides=["experiment=table3", "method=vid_tldr", "model=umt_b", "dataset=msrvtt"])
     c = cfg.compress
     assert (c.mode, list(c.layers), list(c.num), c.proportional) == ("merge", [0, 1, 2, 3], [600, 200, 100, 0], True)
     model = umt.vision_encoder("b", 12, embed_dim=8, depth=4, num_heads=1, proj_dim=8).eval()
-    repshift.patch(model, metric="none", site=cfg.site.name, layers=tuple(c.layers), num=list(c.num), mode=c.mode)
+    repshift.patch(model, metric="none", site=cfg.site, layers=tuple(c.layers), num=list(c.num), mode=c.mode)
     with torch.no_grad():
         tokens, frame_embeddings = model.encode(torch.randn(1, 12, 3, 224, 224))
     assert model.repshift.tokens == [2352, 1752, 1552, 1452]
@@ -83,16 +84,16 @@ def test_msrvtt_b_schedule_token_counts_at_12_frames_from_the_configs():
 
 
 def test_configs_select_each_schedule_and_name_the_paper_columns():
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         def composed(*overrides):
             return compose("run", overrides=["experiment=table3", *overrides])
         didemo_l = composed("method=vid_tldr", "model=umt_l", "dataset=didemo")
         flash = composed("method=vid_tldr_ours_flash", "dataset=ssv2_template", "smoke=video", "++vid_tldr.table=smoke")
         exact = composed("method=vid_tldr_ours")
     assert list(didemo_l.compress.num) == [800, 100, 0, 0]
-    assert (didemo_l.metric.name, didemo_l.site.name, didemo_l.attention.name) == ("attn_entropy", "attn", "eager")
+    assert (didemo_l.metric, didemo_l.site, didemo_l.attention) == ("attn_entropy", "attn", "eager")
     assert list(flash.compress.num) == [133, 100, 0, 0] and flash.compress.proportional is False
-    exact_choice = (exact.metric.name, exact.site.name, exact.attention.name, exact.compress.proportional)
+    exact_choice = (exact.metric, exact.site, exact.attention, exact.compress.proportional)
     assert exact_choice == ("l2", "attn", "sdpa", True)
     assert OmegaConf.to_container(exact.model.vision) == {"keep_temporal": False}
     paper_methods = set(paper_numbers("table3")["method"])
@@ -102,7 +103,7 @@ def test_configs_select_each_schedule_and_name_the_paper_columns():
 def test_the_runner_refuses_merging_a_non_umt_model_by_name():
     from repshift.run import check_merge_host
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         deit = compose("run", overrides=["model=deit_t", "method=vid_tldr"])
         qa = compose("run", overrides=["model=umt_b_qa", "method=vid_tldr"])
     with pytest.raises(ValueError, match="applies to UMT models.*model=deit_tiny_patch16_224"):

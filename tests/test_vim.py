@@ -2,7 +2,6 @@
 references, the bidirectional mixer, class-token tracking under pruning, MAC counts, kernel errors."""
 import argparse
 import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
+from repshift.configs import CONFIG_DIR
 from repshift.models.vim import (
     BiMambaMixer,
     VisionMamba,
@@ -73,7 +73,7 @@ def official_vim_t_shapes():
     return shapes
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+CONFIGS = CONFIG_DIR / "model"
 
 
 def test_vim_t_config_has_exactly_the_official_keys_and_shapes():

@@ -1,7 +1,7 @@
 """Token pruning in Vision Mamba (repshift/patch/vim.py): the adapter against a hand-written pruned
 forward, ToP-ViM's score, GMACs with the selective scan counted, configs, and Table 7's SMOKE run.
 
-Everything runs on the test model of configs/model/vim_tiny.yaml (ViM-T's 24 layers and 197
+Everything runs on the test model of repshift/configs/model/vim_tiny.yaml (ViM-T's 24 layers and 197
 tokens at width 32), so ViM's real schedule applies; the full ViM-T only in the slow GMACs test.
 """
 from __future__ import annotations
@@ -288,7 +288,7 @@ def test_vim_model_configs_have_the_model_config_keys():
 )
 def test_table7_runs_compose(method, metric, name, label, compress):
     cfg = compose_run(["experiment=table7", f"method={method}"])
-    assert (cfg.metric.name, cfg.site.name, method_name(cfg), cfg.method.label) == (metric, "mixer", name, label)
+    assert (cfg.metric, cfg.site, method_name(cfg), cfg.method.label) == (metric, "mixer", name, label)
     assert dict(cfg.compress) == compress
 
 

@@ -3,4 +3,4 @@ from repshift.launchers import SlurmLauncher as _SlurmLauncher
 
 
 class SlurmLauncher(_SlurmLauncher):
-    """`hydra/launcher=slurm` (configs/hydra/launcher/slurm.yaml); see repshift.launchers."""
+    """`hydra/launcher=slurm` (repshift/configs/hydra/launcher/slurm.yaml); see repshift.launchers."""

@@ -7,7 +7,7 @@ from torch.utils.data import Dataset, Subset
 
 from repshift.data.folder import ImageFolderDataset
 from repshift.data.transforms import eval_transform, train_transform
-from repshift.evaluate import distributed
+from repshift import distributed
 
 
 def build_dataset(cfg, split: str, training: bool = False) -> Dataset:

@@ -9,7 +9,7 @@ which videos are missing or unreadable, then exits 0 when everything is there, 1
 unreadable, 2 when the configuration itself is wrong.
 
 Arguments are ``key=value`` overrides as for ``python -m repshift.run``: ``dataset=<name>`` picks
-``configs/dataset/<name>.yaml``; ``dataset.<key>=...`` and ``paths.<key>=...`` override its values. Options:
+``repshift/configs/dataset/<name>.yaml``; ``dataset.<key>=...`` and ``paths.<key>=...`` override its values. Options:
 ``--no-decode`` only checks that the files exist; ``--show N`` lists at most N problem videos per split (default 20);
 ``--workers N`` decodes in N processes (default: ``dataset.num_workers``).
 """
@@ -26,19 +26,19 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader, Dataset
 
+from repshift.configs import CONFIG_DIR
 from repshift.data.video import ClipLoader, CorruptVideoError, resolve_reader
 from repshift.data.video_qa import load_answer_list, load_qa_annotations
 from repshift.data.video_text import AnnotationError, build_retrieval_index, load_annotations
 
 __all__ = ["CONFIG_DIR", "SplitReport", "load_dataset_config", "check_split", "main"]
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 #: The evaluators whose datasets this command checks.
 VIDEO_EVALUATORS = ("retrieval", "qa")
 
 
 def load_dataset_config(overrides: list[str], config_dir: str | os.PathLike = CONFIG_DIR) -> DictConfig:
-    """``{paths, dataset}`` as a run would see them: ``configs/paths/default.yaml`` and the ``dataset=<name>``
+    """``{paths, dataset}`` as a run would see them: ``repshift/configs/paths/default.yaml`` and the ``dataset=<name>``
     file, then the ``group.key=value`` overrides (unknown keys are an error)."""
     config_dir = Path(config_dir)
     if not OmegaConf.has_resolver("cwd"):

@@ -134,7 +134,7 @@ class VideoQADataset(ClipDataset):
 
     @classmethod
     def from_config(cls, cfg, split: str | None = None) -> "VideoQADataset":
-        """Build from a ``dataset`` config node (configs/dataset/msrvtt_qa.yaml); ``split`` defaults to ``cfg.split``.
+        """Build from a ``dataset`` config node (repshift/configs/dataset/msrvtt_qa.yaml); ``split`` defaults to ``cfg.split``.
 
         A config with ``generate`` set (SMOKE) writes the synthetic clips and QA files under ``cfg.root`` first
         (rank 0 under torchrun; the other ranks wait for it).

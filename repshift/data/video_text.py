@@ -171,7 +171,7 @@ class ClipDataset(torch.utils.data.Dataset):
         annotations a config with ``generate`` asks for (SMOKE; rank 0 under torchrun, the others wait)."""
         if cfg.get("generate"):
             from repshift.data import synthetic_video
-            from repshift.evaluate import distributed
+            from repshift import distributed
 
             if distributed.is_main():
                 synthetic_video.ensure(cfg.root, **cfg.generate)
@@ -235,7 +235,7 @@ class VideoTextRetrievalDataset(ClipDataset):
 
     @classmethod
     def from_config(cls, cfg, split: str | None = None) -> "VideoTextRetrievalDataset":
-        """Build from a ``dataset`` config node (configs/dataset/<name>.yaml); ``split`` defaults to ``cfg.split``.
+        """Build from a ``dataset`` config node (repshift/configs/dataset/<name>.yaml); ``split`` defaults to ``cfg.split``.
 
         A config with ``generate`` set (synthetic_video) writes its clips under ``cfg.root`` first (rank 0 under
         torchrun; the other ranks wait for it).

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from repshift.evaluate import distributed as D
+from repshift import distributed as D
 
 __all__ = ["evaluate", "collate_image_label", "IndexedSubset"]
 
@@ -74,7 +74,7 @@ def evaluate(
     the device's type with ``amp_dtype`` when given. Top-5 uses ``min(5, num_classes)``.
 
     When a ``torch.distributed`` process group is initialised (torchrun), each rank
-    evaluates its strided shard (:func:`~repshift.evaluate.distributed.shard_indices`,
+    evaluates its strided shard (:func:`~repshift.distributed.shard_indices`,
     no padding) and the per-sample predictions are all-gathered, so every rank returns
     exactly what one process would. The progress bar is shown on rank 0 only.
 

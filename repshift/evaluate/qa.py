@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from repshift.evaluate import distributed as D
+from repshift import distributed as D
 from repshift.evaluate.retrieval import _collate_videos, _IndexedVideos
 
 __all__ = ["QA_METHODS", "qa_accuracy", "predict_answers", "evaluate_qa", "format_metrics"]

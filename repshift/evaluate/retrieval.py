@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from repshift.evaluate import distributed as D
+from repshift import distributed as D
 
 __all__ = [
     "RANKINGS",

@@ -1,6 +1,6 @@
 """Building models by timm name (or by family, from a model config) and loading their weights.
 
-``build_model(config)`` takes a whole model config (``configs/model/<name>.yaml``): its ``family``
+``build_model(config)`` takes a whole model config (``repshift/configs/model/<name>.yaml``): its ``family``
 picks the builder (``umt`` -> :func:`repshift.models.umt.build`, ``umt_qa`` -> :func:`repshift.models.umt_qa.build`;
 none -> timm by ``name``), and the
 keys that only tell the runner how to feed the model (``input_size``, ``unit``) are set aside.

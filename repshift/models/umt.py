@@ -457,7 +457,7 @@ def load_official_retrieval(
 # ------------------------------------------------------------------------------------------ config entry
 
 
-#: Keys a model config (``configs/model/umt_*.yaml``) may hold.
+#: Keys a model config (``repshift/configs/model/umt_*.yaml``) may hold.
 CONFIG_KEYS = frozenset(
     ("family", "name", "size", "num_frames", "part", "pretrained", "checkpoint", "unsafe_full_unpickle", "tokenizer",
      "vision", "text")

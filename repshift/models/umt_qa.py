@@ -297,7 +297,7 @@ def load_official_qa(model: UMTQA, checkpoint, *, unsafe_full_unpickle: bool = F
 
 # ------------------------------------------------------------------------------------------ config entry
 
-#: Keys a QA model config (``configs/model/umt_*_qa.yaml``) may hold.
+#: Keys a QA model config (``repshift/configs/model/umt_*_qa.yaml``) may hold.
 CONFIG_KEYS = frozenset(
     ("name", "size", "num_frames", "part", "pretrained", "checkpoint", "unsafe_full_unpickle", "tokenizer",
      "vision", "text")

@@ -1,7 +1,6 @@
-"""Result files, environment info, paper numbers, tables, W&B logging and figures.
+"""Result files, paper numbers, tables, W&B logging and figures.
 
-Light to import: ``results`` (stdlib only) is loaded eagerly; the pandas / wandb /
-matplotlib parts load on first use of their names.
+``results`` is loaded eagerly; the pandas / wandb / matplotlib parts load on first use of their names.
 """
 
 from __future__ import annotations
@@ -9,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from repshift.report.results import RunResult, collect, environment, is_finished, load_results, read_result, write_result
+from repshift.report.results import RunResult, collect, is_finished, load_results, read_result, write_result
 
 _LAZY = {
     "TABLES": "repshift.report.tables",
@@ -27,7 +26,7 @@ _LAZY = {
     "make_layer_figures": "repshift.report.figures",
 }
 
-__all__ = ["write_result", "read_result", "collect", "load_results", "RunResult", "is_finished", "environment", *_LAZY]
+__all__ = ["write_result", "read_result", "collect", "load_results", "RunResult", "is_finished", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,7 @@ i.e. 0-based blocks 0, 4, 8), each min-max normalised and overlaid on the image,
 Every value drawn comes from those two functions on an unpruned forward; prefix tokens (class,
 distillation, registers) are left out and the patch tokens are laid out on their grid.
 
-Arguments (``key=value``): ``model`` (a config in configs/model/, default deit_b) and ``model.<key>=...``
+Arguments (``key=value``): ``model`` (a config in repshift/configs/model/, default deit_b) and ``model.<key>=...``
 overrides of it (``model.checkpoint=/path/deit_base.pth``, ``model.pretrained=false``); ``dataset``
 (``imagenet``: an ImageNet-layout folder read with the DeiT evaluation transform; ``shapebench``: with its
 ground-truth masks outlined) and ``data`` (its root, holding ``val/``); ``images`` (rows, evenly spaced
@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 import repshift
+from repshift.configs import CONFIG_DIR
 from repshift.report.figures import normalise_map, resize_map, save_figure, to_uint8_image
 
 __all__ = ["PAPER_BLOCKS", "MAP_FIGURES", "MapSamples", "MapFigure", "score_maps", "load_samples", "smoke_samples",
@@ -53,10 +54,10 @@ MAP_FIGURES: dict[str, tuple[tuple[str, str], ...]] = {
     "fig4": (("Shift across attention (L2)", "l2-attn"),),
 }
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-# SMOKE: configs/model/tiny.yaml (random weights) with 12 blocks, so the paper's blocks 0, 4, 8 exist.
+CONFIGS = CONFIG_DIR
+# SMOKE: repshift/configs/model/tiny.yaml (random weights) with 12 blocks, so the paper's blocks 0, 4, 8 exist.
 SMOKE_MODEL, SMOKE_MODEL_OVERRIDES = "tiny", ("pretrained=false", "kwargs.depth=12")
-# The ShapeBench folder and parameters of configs/smoke/on.yaml, so SMOKE maps reuse the SMOKE sweeps' images.
+# The ShapeBench folder and parameters of repshift/configs/smoke/on.yaml, so SMOKE maps reuse the SMOKE sweeps' images.
 SMOKE_SHAPEBENCH = ("shapebench-smoke", {"n_train_per_class": 1, "n_val_per_class": 2, "seed": 0})
 USAGE = ("usage: python -m repshift.report maps [model=deit_b] [model.<key>=value ...] [dataset=imagenet|shapebench] "
          "[data=<root holding val/>] [images=4] [blocks=[0,4,8]] [out=outputs/figures] [logger=wandb|none] "
@@ -177,7 +178,7 @@ def _model_config(name: str, overrides: list[str]) -> dict:
     path = CONFIGS / "model" / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml")))
-        raise FileNotFoundError(f"model={name}: no configs/model/{name}.yaml; known: {known}")
+        raise FileNotFoundError(f"model={name}: no repshift/configs/model/{name}.yaml; known: {known}")
     # the model configs interpolate the suite's paths (e.g. ${paths.output_dir}/shapebench/...)
     paths = {"root_dir": os.getcwd(),
              "data_dir": os.environ.get("REPSHIFT_DATA", str(Path.cwd() / "data")),
@@ -188,7 +189,7 @@ def _model_config(name: str, overrides: list[str]) -> dict:
 
 
 def build_map_model(name: str, overrides: list[str] = (), device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The model of ``configs/model/<name>.yaml`` with ``key=value`` overrides, its weights loaded, in eval mode."""
+    """The model of ``repshift/configs/model/<name>.yaml`` with ``key=value`` overrides, its weights loaded, in eval mode."""
     from repshift.models import build_model
 
     model, weights = build_model(_model_config(name, list(overrides)))

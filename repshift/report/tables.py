@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from repshift.configs import CONFIG_DIR
 from repshift.io import atomic_open
 from repshift.report.results import RunResult
 
@@ -39,7 +40,7 @@ __all__ = [
 
 PAPER_CSV = Path(__file__).with_name("paper_numbers.csv")
 
-METHOD_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "method"
+METHOD_CONFIGS = CONFIG_DIR / "method"
 
 SEP = " · "
 DAGGER = "†"
@@ -89,7 +90,7 @@ def _runs(results: Iterable[RunResult | dict]) -> list[RunResult]:
 
 @lru_cache(maxsize=1)
 def method_labels() -> dict[str, str]:
-    """Method name -> the label tables show, as declared in ``configs/method/*.yaml``."""
+    """Method name -> the label tables show, as declared in ``repshift/configs/method/*.yaml``."""
     from omegaconf import OmegaConf
 
     labels = {}

@@ -522,7 +522,7 @@ def build_table3(results: Iterable) -> pd.DataFrame:
              f"{_clip_desc(eff_won.values())}; {_data_desc(won)}")
     notes = [
         "Δ = ours − paper. vid-TLDR: attention-entropy saliency, eager attention, proportional attention, global "
-        "mean pooling, its published per-task schedules (configs/compress/vid_tldr.yaml). +Ours: representation "
+        "mean pooling, its published per-task schedules (repshift/configs/compress/vid_tldr.yaml). +Ours: representation "
         "shift (L2, attention branch, at vid-TLDR's merge point) as the saliency with fused attention; exact keeps "
         "the log(size) bias (SDPA with a float mask: memory-efficient kernel on CUDA), flash drops it (FlashAttention "
         "kept; not a paper column). Base: no merging, self-attention, UMT's per-frame pooling.",

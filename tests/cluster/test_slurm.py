@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from repshift.configs import CONFIG_DIR
+
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +109,7 @@ def smoke_data(data_dir):
     from repshift.data import shapebench
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("run", overrides=["smoke=on", f"paths.data_dir={data_dir}"])
     shapebench.ensure(cfg.dataset.root, **cfg.dataset.generate, img_size=cfg.dataset.img_size, progress=False)
 
@@ -127,7 +129,7 @@ def sweep_size(experiment):
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("run", overrides=[f"experiment={experiment}"], return_hydra_config=True)
     return math.prod(len(str(values).split(",")) for values in cfg.hydra.sweeper.params.values())
 
