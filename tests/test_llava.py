@@ -1,33 +1,22 @@
 """The VLM step: pruning inside the vision tower of a tiny random LLaVA (CLIP or SigLIP tower, Llama text model),
 built offline. Random weights: these tests check token counts, placeholders, generation and MACs, not accuracy.
 """
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import transformers
 
 import repshift
 from repshift.patch.hf_llava import fit_image_placeholders, image_token_count
-from repshift.vlm import prefill_gmacs
+from support import ROOT
+from repshift.vlm import TINY_IMAGE_TOKEN, TINY_TEXT, TINY_VISION, prefill_gmacs, tiny_llava
 
-VISION = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
-TEXT = dict(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-IMAGE = 99  # the image placeholder's token id
+IMAGE = TINY_IMAGE_TOKEN
 PATCHES = 16
 PRUNE = dict(metric="l2", layers=(0, 1), num=(6, 4))  # 16 patches -> 10 -> 6, before hidden state 3 (layer -2)
-
-
-def make(tower: str = "clip", attention: str = "sdpa", **llava):
-    vision = (transformers.CLIPVisionConfig if tower == "clip" else transformers.SiglipVisionConfig)(**VISION)
-    config = transformers.LlavaConfig(vision_config=vision, text_config=transformers.LlamaConfig(**TEXT),
-                                      image_token_id=IMAGE, **llava)
-    torch.manual_seed(0)
-    model = transformers.LlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():  # transformers' init (std 0.02) leaves attention almost uniform
-            parameter.normal_(0.0, 0.3)
-    model.set_attn_implementation(attention)
-    return model
 
 
 def prompt(image_tokens: int) -> torch.Tensor:
@@ -56,7 +45,7 @@ def language_model_inputs(model, **inputs):
 @torch.no_grad()
 def test_from_a_local_folder_offline_with_nothing_to_drop_equals_the_unpatched_model(pixels, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    make().save_pretrained(tmp_path)
+    tiny_llava().save_pretrained(tmp_path)
     model = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").eval()
     ids = prompt(PATCHES)  # "default": the class token is dropped, 16 patches reach the language model
     reference = model(input_ids=ids, pixel_values=pixels).logits
@@ -71,7 +60,7 @@ def test_from_a_local_folder_offline_with_nothing_to_drop_equals_the_unpatched_m
 
 @torch.no_grad()
 def test_pruning_hands_the_language_model_fewer_image_tokens(pixels):
-    model = make()
+    model = tiny_llava()
     full_ids = prompt(image_token_count(model))
     before, _ = language_model_inputs(model, input_ids=full_ids, pixel_values=pixels)
     repshift.patch(model, **PRUNE)
@@ -93,14 +82,14 @@ def test_pruning_hands_the_language_model_fewer_image_tokens(pixels):
 
 @torch.no_grad()
 def test_a_prompt_with_the_unpruned_placeholders_is_refused_by_llava(pixels):
-    model = repshift.patch(make(), **PRUNE)
+    model = repshift.patch(tiny_llava(), **PRUNE)
     with pytest.raises(ValueError, match="Image features and image tokens do not match, tokens: 16"):
         model(input_ids=prompt(PATCHES), pixel_values=pixels)
 
 
 @torch.no_grad()
 def test_generation_runs_and_starts_from_the_prefill(pixels):
-    model = make()
+    model = tiny_llava()
     repshift.patch(model, **PRUNE)
     ids, mask = fit_image_placeholders(model, prompt(PATCHES), torch.ones(1, 21, dtype=torch.long))
     generated = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=4, do_sample=False,
@@ -125,7 +114,7 @@ def tower_layer_macs(tokens: int) -> int:
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 def test_prefill_gmacs_before_and_after(pixels, attention):
     """The MACs saved: the tower's pruned layers, the projector's and the language model's share of the image tokens."""
-    model = make(attention=attention)
+    model = tiny_llava(attention=attention)
     before = round(prefill_gmacs(model, input_ids=prompt(16), pixel_values=pixels) * 1e9)
     repshift.patch(model, **PRUNE)
     after = round(prefill_gmacs(model, input_ids=prompt(6), pixel_values=pixels) * 1e9)
@@ -137,7 +126,7 @@ def test_prefill_gmacs_before_and_after(pixels, attention):
 @pytest.mark.parametrize("strategy,tokens", [("default", 6), ("full", 7)])
 @torch.no_grad()
 def test_both_strategies_are_served_with_a_class_token(pixels, strategy, tokens):
-    model = repshift.patch(make(vision_feature_select_strategy=strategy), **PRUNE)
+    model = repshift.patch(tiny_llava(vision_feature_select_strategy=strategy), **PRUNE)
     assert image_token_count(model) == tokens
     embeds, out = language_model_inputs(model, input_ids=prompt(tokens), pixel_values=pixels)
     assert out.image_outputs.pooler_output[0].shape == (tokens, 32) and embeds.shape[1] == 5 + tokens
@@ -145,7 +134,7 @@ def test_both_strategies_are_served_with_a_class_token(pixels, strategy, tokens)
 
 @torch.no_grad()
 def test_siglip_tower_serves_full(pixels):
-    model = repshift.patch(make("siglip", vision_feature_select_strategy="full"), **PRUNE)
+    model = repshift.patch(tiny_llava("siglip", vision_feature_select_strategy="full"), **PRUNE)
     assert image_token_count(model) == 6  # no class token
     _, out = language_model_inputs(model, input_ids=prompt(6), pixel_values=pixels)
     assert out.image_outputs.pooler_output[0].shape == (6, 32)
@@ -153,7 +142,7 @@ def test_siglip_tower_serves_full(pixels):
 
 @torch.no_grad()
 def test_several_feature_layers_are_served_when_pruning_comes_before_all_of_them(pixels):
-    model = repshift.patch(make(vision_feature_layer=[-3, -1]), **PRUNE)  # hidden states 2 and 4
+    model = repshift.patch(tiny_llava(vision_feature_layer=[-3, -1]), **PRUNE)  # hidden states 2 and 4
     _, out = language_model_inputs(model, input_ids=prompt(6), pixel_values=pixels)
     tower = model.model.vision_tower(pixel_values=pixels, output_hidden_states=True)
     both = torch.cat([tower.hidden_states[2][:, 1:], tower.hidden_states[4][:, 1:]], dim=-1)
@@ -172,7 +161,7 @@ def test_several_feature_layers_are_served_when_pruning_comes_before_all_of_them
     (dict(vision_feature_layer=0), (0,), r"the language model receives the embeddings\); pruning can serve it only in layers < 0"),
 ])
 def test_pruning_after_the_feature_layer_is_refused(llava, layers, match):
-    model = make(**llava)
+    model = tiny_llava(**llava)
     with pytest.raises(ValueError, match=match):
         repshift.patch(model, metric="l2", layers=layers, num=2)
     assert not repshift.is_patched(model) and type(model.model) is transformers.LlavaModel
@@ -180,7 +169,7 @@ def test_pruning_after_the_feature_layer_is_refused(llava, layers, match):
 
 
 def test_default_strategy_on_a_tower_without_class_token_is_refused():
-    model = make("siglip")  # "default"
+    model = tiny_llava("siglip")  # "default"
     with pytest.raises(ValueError, match="'default' drops the first token, and SiglipVisionModel has no class token.*"
                                          "Pruning serves 'full' here"):
         repshift.patch(model, **PRUNE)
@@ -188,14 +177,14 @@ def test_default_strategy_on_a_tower_without_class_token_is_refused():
 
 
 def test_a_feature_layer_out_of_range_is_refused():
-    model = make(vision_feature_layer=7)
+    model = tiny_llava(vision_feature_layer=7)
     with pytest.raises(ValueError, match="vision_feature_layer=7 is not an index into the tower's 5 hidden states"):
         repshift.patch(model, **PRUNE)
 
 
 @torch.no_grad()
 def test_a_call_asking_for_features_the_pruning_cannot_serve_is_refused(pixels):
-    model = repshift.patch(make(), **PRUNE)
+    model = repshift.patch(tiny_llava(), **PRUNE)
     with pytest.raises(ValueError, match=r"layers \[1\] prune at or after .*vision_feature_layer=1"):
         model(input_ids=prompt(6), pixel_values=pixels, vision_feature_layer=1)
     with pytest.raises(ValueError, match="is not one LLaVA knows"):
@@ -206,18 +195,18 @@ def test_a_call_asking_for_features_the_pruning_cannot_serve_is_refused(pixels):
 def test_unsupported_llava_variants_and_towers():
     with pytest.raises(TypeError, match=r"no repshift adapter supports LlavaNextForConditionalGeneration; .*hf-llava: "
                                         r"transformers LlavaForConditionalGeneration and LlavaModel"):
-        config = transformers.LlavaNextConfig(vision_config=transformers.CLIPVisionConfig(**VISION),
-                                              text_config=transformers.LlamaConfig(**TEXT), image_token_id=IMAGE)
+        config = transformers.LlavaNextConfig(vision_config=transformers.CLIPVisionConfig(**TINY_VISION),
+                                              text_config=transformers.LlamaConfig(**TINY_TEXT), image_token_id=IMAGE)
         repshift.patch(transformers.LlavaNextForConditionalGeneration(config), **PRUNE)
-    model = make()
-    model.model.vision_tower = transformers.ViTMAEModel(transformers.ViTMAEConfig(**VISION))
+    model = tiny_llava()
+    model.model.vision_tower = transformers.ViTMAEModel(transformers.ViTMAEConfig(**TINY_VISION))
     with pytest.raises(TypeError, match="the LLaVA vision tower is a ViTMAEModel; repshift.patch serves LLaVA with one of "
                                         "ViTModel, DeiTModel, CLIPVisionModel"):
         repshift.patch(model, **PRUNE)
 
 
 def test_fit_image_placeholders_refuses_prompts_it_cannot_read():
-    model = repshift.patch(make(), **PRUNE)
+    model = repshift.patch(tiny_llava(), **PRUNE)
     with pytest.raises(ValueError, match="row 0 has a run of 7 image placeholders, not a whole number of images of 16"):
         fit_image_placeholders(model, prompt(7))
     two_images = torch.tensor([[1] + [IMAGE] * 32 + [5], [1, IMAGE] + [IMAGE] * 15 + [5] * 17])
@@ -225,3 +214,59 @@ def test_fit_image_placeholders_refuses_prompts_it_cannot_read():
         fit_image_placeholders(model, two_images)
     ids, mask = fit_image_placeholders(model, two_images[:1])  # two images in one run: 2 x 6 placeholders
     assert ids.tolist() == [[1] + [IMAGE] * 12 + [5]] and mask is None
+
+
+# --- the usual way: a processor expands the prompt, a folder holds model and processor --------------------------
+
+
+def tiny_processor():
+    """A LlavaProcessor built offline: a word-level tokenizer whose ``<image>`` is id 99, CLIP's image processor at 32x32."""
+    import tokenizers
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "USER:", "ASSISTANT:", "What", "is", "in", "the", "picture?"]
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({**{w: i for i, w in enumerate(words)}, "<image>": IMAGE},
+                                                                 unk_token="<unk>"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens(["<image>"])
+    return transformers.LlavaProcessor(
+        image_processor=transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>",
+                                                       bos_token="<s>", eos_token="</s>"),
+        patch_size=8, vision_feature_select_strategy="default", image_token="<image>", num_additional_image_tokens=1)
+
+
+def random_image():
+    from PIL import Image
+
+    return Image.fromarray(torch.randint(0, 256, (40, 48, 3), generator=torch.Generator().manual_seed(0)).byte().numpy())
+
+
+@torch.no_grad()
+def test_processor_prompts_fitted_to_the_pruned_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny_llava().save_pretrained(tmp_path)
+    tiny_processor().save_pretrained(tmp_path)
+    processor = transformers.AutoProcessor.from_pretrained(tmp_path)
+    model = repshift.patch(transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path).eval(), **PRUNE)
+    inputs = processor(images=random_image(), text="USER: <image> What is in the picture? ASSISTANT:", return_tensors="pt")
+    assert (inputs["input_ids"] == IMAGE).sum() == PATCHES  # the processor writes the unpruned count
+    ids, mask = fit_image_placeholders(model, inputs["input_ids"], inputs["attention_mask"])
+    assert processor.decode(ids[0]) == "USER: " + "<image> " * 6 + "What is in the picture? ASSISTANT:"
+    out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"], max_new_tokens=2)
+    assert out.shape == (1, ids.shape[1] + 2)
+
+
+@pytest.mark.slow
+def test_the_worked_example_runs_on_a_local_folder(tmp_path):
+    """scripts/example_llava.py as docs/huggingface.md runs it, on a folder holding the tiny model and its processor."""
+    tiny_llava().save_pretrained(tmp_path)
+    tiny_processor().save_pretrained(tmp_path)
+    random_image().save(tmp_path / "image.png")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "example_llava.py"), "--model", str(tmp_path),
+                           "--image", str(tmp_path / "image.png"), "--layers", "0", "1", "--num", "6", "4"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("unpruned", "pruned"))]
+    assert rows[0][1:3] == ["16", "23"] and rows[1][8:10] == ["6", "13"]  # image tokens to the LM, prompt tokens
+    assert float(rows[1][10]) < float(rows[0][3])  # prefill GMACs
+    assert "tokens entering each tower layer (pruned): [17, 11, 7, 7]" in proc.stdout
