@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing is downloaded
+
 import torch
 
 import repshift
@@ -58,7 +60,6 @@ def load(args):
     import transformers
     from PIL import Image
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     processor = transformers.AutoProcessor.from_pretrained(args.model)
     model = transformers.LlavaForConditionalGeneration.from_pretrained(
         args.model, attn_implementation=args.attn_implementation).eval()
