@@ -357,10 +357,13 @@ def test_patched_model_pickles(images):
         assert torch.equal(clone(pixel_values=images).last_hidden_state, model(pixel_values=images).last_hidden_state)
 
 
-def test_gradients_flow_through_a_patched_model(images):
+def test_gradients_flow_through_a_patched_model_and_checkpointing_is_refused(images):
     model = repshift.patch(make("ViTForImageClassification").train(), metric="l2", layers=(0, 1), num=(5, 4))
     model(pixel_values=images).logits.sum().backward()
     assert model.vit.layers[2].mlp.fc2.weight.grad is not None
+    model.gradient_checkpointing_enable()
+    with pytest.raises(NotImplementedError, match="do not support gradient checkpointing"):
+        model(pixel_values=images)
 
 
 # --- bad input -----------------------------------------------------------------------------------------

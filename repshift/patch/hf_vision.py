@@ -27,7 +27,8 @@ attn_implementation=...)``); ``model.repshift.attention`` records it under repsh
 model file's own ``eager_attention_forward`` (the map is materialised in those layers only, whatever the
 implementation), the other layers keep theirs, as the timm adapter's hybrid baseline does.
 
-Attention masks are refused (vision towers are called without one; pruning would have to gather it).
+Attention masks are refused (vision towers are called without one; pruning would have to gather it), and so is
+gradient checkpointing (its backward replays layers against the pruning state the whole forward left behind).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from repshift.patch.base import Adapter, PruneState, patched_class, prenorm_block, register_adapter
@@ -200,6 +202,10 @@ class RepShiftHFLayer:
     def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None, **kwargs) -> Tensor:
         if attention_mask is not None:
             raise NotImplementedError("repshift-patched Hugging Face vision towers do not take an attention mask")
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # The backward pass would replay layers against the pruning state the whole forward left behind.
+            raise NotImplementedError("repshift-patched Hugging Face vision towers do not support gradient checkpointing: "
+                                      "call model.gradient_checkpointing_disable()")
         state: PruneState = self.repshift_state
         layer: int = self.repshift_layer
         layout: Layout = self.repshift_layout
