@@ -204,8 +204,8 @@ class RepShiftHFLayer:
             raise NotImplementedError("repshift-patched Hugging Face vision towers do not take an attention mask")
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             # The backward pass would replay layers against the pruning state the whole forward left behind.
-            raise NotImplementedError("repshift-patched Hugging Face vision towers do not support gradient checkpointing: "
-                                      "call model.gradient_checkpointing_disable()")
+            raise NotImplementedError("repshift-patched Hugging Face vision towers do not support gradient (activation) "
+                                      "checkpointing: call model.activation_checkpointing_disable()")
         state: PruneState = self.repshift_state
         layer: int = self.repshift_layer
         layout: Layout = self.repshift_layout
