@@ -90,14 +90,15 @@ def main() -> None:
         schedule.update(ratio=args.ratio, num=args.num)
     rows = {"unpruned": measure(model, inputs, decode, args.max_new_tokens)}
     repshift.patch(model, metric=args.metric, site=args.site, **schedule)
-    inputs["input_ids"], inputs["attention_mask"] = fit_image_placeholders(model, inputs["input_ids"], inputs.get("attention_mask"))
+    inputs["input_ids"], inputs["attention_mask"] = fit_image_placeholders(model, inputs["input_ids"],
+                                                                           inputs.get("attention_mask"))
     label = f"pruned {args.metric}/{args.site} layers {schedule['layers']} " + (
         f"ratio {schedule['ratio']}" if schedule.get("ratio") is not None else f"num {schedule['num']}")
     rows[label] = measure(model, inputs, decode, args.max_new_tokens)
 
     tower, config = model.model.vision_tower, model.config
-    print(("tiny random LLaVA (random weights: counts and MACs only, no accuracy)" if args.model is None else args.model)
-          + f"; tower {type(tower).__name__}, vision_feature_layer={config.vision_feature_layer}, "
+    title = "tiny random LLaVA (random weights: counts and MACs only, no accuracy)" if args.model is None else args.model
+    print(title + f"; tower {type(tower).__name__}, vision_feature_layer={config.vision_feature_layer}, "
           f"vision_feature_select_strategy={config.vision_feature_select_strategy!r}, "
           f"attention {model.repshift.attention}")
     columns = list(next(iter(rows.values())))

@@ -16,7 +16,8 @@ from repshift.bench import count_gmacs
 from repshift.patch.hf_vision import HFVisionAdapter
 from support import distance_by_hand
 
-VISION = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+VISION = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=32,
+              patch_size=8)
 DINO = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8,
             layerscale_value=0.5)  # layer scale != 1, so ls1/ls2 matter
 TEXT = dict(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -123,7 +124,7 @@ def test_unpatch_restores_classes_outputs_and_state_dict(images, name):
 @pytest.mark.parametrize("metric", ["l2", "attn"])
 @torch.no_grad()
 def test_pruned_layer_output_is_the_prefix_then_the_top_tokens_in_order(images, name, prefix, metric):
-    """Layer 0's pruned output = its full output's prefix tokens (class, distillation, registers) + the top-k patches."""
+    """Layer 0's pruned output = its full output's prefix tokens (class, distillation, registers) + its top patches."""
     model = make(name)
     layer0 = first_layer(model)
     captured = {}
@@ -181,7 +182,8 @@ def test_vit_base_gmacs_are_the_papers_deit_b_figures():
 @torch.no_grad()
 def test_protected_tokens_survive_even_the_lowest_scores(images):
     """keep='bottom' keeps the lowest-scored patches; the class and register tokens stay anyway."""
-    model = repshift.patch(make("Dinov2WithRegistersModel"), metric="l2", layers=(0, 1, 2), num=(8, 4, 3), keep="bottom")
+    model = repshift.patch(make("Dinov2WithRegistersModel"), metric="l2", layers=(0, 1, 2), num=(8, 4, 3),
+                           keep="bottom")
     out = model(pixel_values=images).last_hidden_state
     assert out.shape[1] == 5 + 1
     assert torch.equal(model.repshift.book["position"][:, :5], torch.arange(5).expand(2, 5))
@@ -207,8 +209,8 @@ def test_clip_model_text_side_sees_the_pruned_image_embedding(images):
     assert pruned.shape == reference.shape == (2, 3) and not torch.allclose(pruned, reference)
     image_embeds = model.get_image_features(pixel_values=images).pooler_output
     text_embeds = model.get_text_features(input_ids=text).pooler_output
-    by_hand = model.logit_scale.exp() * torch.nn.functional.normalize(image_embeds, dim=-1) @ torch.nn.functional.normalize(
-        text_embeds, dim=-1).T
+    normalize = torch.nn.functional.normalize
+    by_hand = model.logit_scale.exp() * normalize(image_embeds, dim=-1) @ normalize(text_embeds, dim=-1).T
     assert torch.allclose(pruned, by_hand, atol=1e-5)
 
 
@@ -228,9 +230,11 @@ def layer_tensors(tower, images) -> list[dict]:
     out = []
     for layer in layers:
         if name in ("ViTModel", "DeiTModel"):
-            norm1, attention, norm2, ls1, ls2 = layer.layernorm_before, layer.attention, layer.layernorm_after, None, None
+            norm1, attention, norm2 = layer.layernorm_before, layer.attention, layer.layernorm_after
+            ls1 = ls2 = None
         elif name.startswith("Dinov2"):
-            norm1, attention, norm2, ls1, ls2 = layer.norm1, layer.attention, layer.norm2, layer.layer_scale1, layer.layer_scale2
+            norm1, attention, norm2 = layer.norm1, layer.attention, layer.norm2
+            ls1, ls2 = layer.layer_scale1, layer.layer_scale2
         else:
             norm1, attention, norm2, ls1, ls2 = layer.layer_norm1, layer.self_attn, layer.layer_norm2, None, None
         with torch.no_grad():
@@ -348,7 +352,8 @@ def test_from_pretrained_on_a_local_folder_offline(images, name, tmp_path, monke
     pruned = features(model, images)
     model.save_pretrained(tmp_path / "patched")  # a patched model saves the same files
     again = getattr(transformers, name).from_pretrained(tmp_path / "patched").eval()
-    assert torch.allclose(features(repshift.patch(again, metric="l2", layers=(0, 1), num=(5, 4)), images), pruned, atol=1e-5)
+    repshift.patch(again, metric="l2", layers=(0, 1), num=(5, 4))
+    assert torch.allclose(features(again, images), pruned, atol=1e-5)
 
 
 def test_patched_model_pickles(images):
@@ -419,4 +424,6 @@ def test_bad_input(kwargs, error, match):
 def test_an_attention_mask_is_refused(images):
     model = repshift.patch(make("ViTModel"), metric="l2", layers=(0,), num=1)
     with pytest.raises(NotImplementedError, match="do not take an attention mask"):
-        model(pixel_values=images, attention_mask=torch.ones(2, 17, dtype=torch.long).index_fill(1, torch.tensor([16]), 0))
+        mask = torch.ones(2, 17, dtype=torch.long)
+        mask[:, 16] = 0  # an all-ones mask is dropped by transformers before the layers
+        model(pixel_values=images, attention_mask=mask)

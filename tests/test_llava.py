@@ -92,8 +92,8 @@ def test_generation_runs_and_starts_from_the_prefill(pixels):
     model = tiny_llava()
     repshift.patch(model, **PRUNE)
     ids, mask = fit_image_placeholders(model, prompt(PATCHES), torch.ones(1, 21, dtype=torch.long))
-    generated = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=4, do_sample=False,
-                               min_new_tokens=4)
+    generated = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=4,
+                               min_new_tokens=4, do_sample=False)
     assert generated.shape == (1, 11 + 4) and torch.equal(generated[:, :11], ids)
     assert generated[0, 11] == model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[0, -1].argmax()
     assert model.repshift.tokens == [17, 11, 7, 7]  # the tower ran in the prefill only
@@ -220,12 +220,12 @@ def test_fit_image_placeholders_refuses_prompts_it_cannot_read():
 
 
 def tiny_processor():
-    """A LlavaProcessor built offline: a word-level tokenizer whose ``<image>`` is id 99, CLIP's image processor at 32x32."""
+    """A LlavaProcessor built offline: a word-level tokenizer (``<image>`` is id 99), CLIP's image processor at 32x32."""
     import tokenizers
 
     words = ["<pad>", "<s>", "</s>", "<unk>", "USER:", "ASSISTANT:", "What", "is", "in", "the", "picture?"]
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({**{w: i for i, w in enumerate(words)}, "<image>": IMAGE},
-                                                                 unk_token="<unk>"))
+    vocab = {**{word: i for i, word in enumerate(words)}, "<image>": IMAGE}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
     tokenizer.add_special_tokens(["<image>"])
     return transformers.LlavaProcessor(
@@ -238,7 +238,8 @@ def tiny_processor():
 def random_image():
     from PIL import Image
 
-    return Image.fromarray(torch.randint(0, 256, (40, 48, 3), generator=torch.Generator().manual_seed(0)).byte().numpy())
+    pixels = torch.randint(0, 256, (40, 48, 3), generator=torch.Generator().manual_seed(0))
+    return Image.fromarray(pixels.byte().numpy())
 
 
 @torch.no_grad()
@@ -248,7 +249,8 @@ def test_processor_prompts_fitted_to_the_pruned_count(tmp_path, monkeypatch):
     tiny_processor().save_pretrained(tmp_path)
     processor = transformers.AutoProcessor.from_pretrained(tmp_path)
     model = repshift.patch(transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path).eval(), **PRUNE)
-    inputs = processor(images=random_image(), text="USER: <image> What is in the picture? ASSISTANT:", return_tensors="pt")
+    text = "USER: <image> What is in the picture? ASSISTANT:"
+    inputs = processor(images=random_image(), text=text, return_tensors="pt")
     assert (inputs["input_ids"] == IMAGE).sum() == PATCHES  # the processor writes the unpruned count
     ids, mask = fit_image_placeholders(model, inputs["input_ids"], inputs["attention_mask"])
     assert processor.decode(ids[0]) == "USER: " + "<image> " * 6 + "What is in the picture? ASSISTANT:"

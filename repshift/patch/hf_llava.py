@@ -55,8 +55,10 @@ def llava_model(model):
 
 def feature_index(feature_layer: int, depth: int) -> int:
     """``vision_feature_layer`` as a non-negative index into the tower's ``depth + 1`` hidden states."""
-    if isinstance(feature_layer, bool) or not isinstance(feature_layer, int) or not -(depth + 1) <= feature_layer <= depth:
-        raise ValueError(f"vision_feature_layer={feature_layer!r} is not an index into the tower's {depth + 1} hidden states")
+    if isinstance(feature_layer, bool) or not isinstance(feature_layer, int) or not -depth - 1 <= feature_layer <= depth:
+        raise ValueError(
+            f"vision_feature_layer={feature_layer!r} is not an index into the tower's {depth + 1} hidden states"
+        )
     return feature_layer % (depth + 1)
 
 
@@ -65,7 +67,9 @@ def check_features(tower, state: PruneState, feature_layer: Union[int, Sequence[
     Scheduled layers that drop nothing (``ratio=0`` / ``num=0``) are no pruning."""
     depth = len(tower_layers(tower))
     if strategy not in STRATEGIES:
-        raise ValueError(f"vision_feature_select_strategy={strategy!r} is not one LLaVA knows; expected one of {STRATEGIES}")
+        raise ValueError(
+            f"vision_feature_select_strategy={strategy!r} is not one LLaVA knows; expected one of {STRATEGIES}"
+        )
     several = not isinstance(feature_layer, int)
     indices = [feature_index(f, depth) for f in feature_layer] if several else [feature_index(feature_layer, depth)]
     pruning = [layer for layer in state.layers if any(state.step(layer))]
@@ -93,12 +97,12 @@ def check_features(tower, state: PruneState, feature_layer: Union[int, Sequence[
 class RepShiftLlavaModel:
     """Methods put in front of ``LlavaModel``: check every call's feature layer and strategy against the pruning."""
 
-    def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kwargs):
-        check_features(
-            self.vision_tower, self.repshift_state,
-            self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer,
-            self.config.vision_feature_select_strategy if vision_feature_select_strategy is None else vision_feature_select_strategy,
-        )
+    def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None,
+                           **kwargs):
+        layer, strategy = vision_feature_layer, vision_feature_select_strategy
+        check_features(self.vision_tower, self.repshift_state,
+                       self.config.vision_feature_layer if layer is None else layer,
+                       self.config.vision_feature_select_strategy if strategy is None else strategy)
         return super().get_image_features(pixel_values, vision_feature_layer=vision_feature_layer,
                                           vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
 

@@ -96,7 +96,8 @@ class Layout:
     layer_scales: Optional[tuple[str, str]] = None
 
 
-_VIT = Layout("attention", "layernorm_before", "layernorm_after", "o_proj", "scaling", "attention_dropout", drop="dropout")
+_VIT = Layout("attention", "layernorm_before", "layernorm_after", "o_proj", "scaling", "attention_dropout",
+              drop="dropout")
 _DINOV2 = Layout("attention", "norm1", "norm2", "o_proj", "scaling", "attention_dropout", drop="drop_path",
                  layer_scales=("layer_scale1", "layer_scale2"))
 _CLIP = Layout("self_attn", "layer_norm1", "layer_norm2", "out_proj", "scale", "dropout")
@@ -169,7 +170,8 @@ class RepShiftHFAttention:
         layout: Layout = self.repshift_layout
         backend = "eager" if repshift_map else self.repshift_state.attention
         shape = (*hidden_states.shape[:-1], -1, self.head_dim)
-        query, key, value = (proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        query, key, value = (proj(hidden_states).view(shape).transpose(1, 2)
+                             for proj in (self.q_proj, self.k_proj, self.v_proj))
         out, weights = attention_interface(self, backend)(
             self, query, key, value, attention_mask, scaling=getattr(self, layout.scaling),
             dropout=getattr(self, layout.dropout) if self.training else 0.0, **kwargs,
@@ -204,8 +206,8 @@ class RepShiftHFLayer:
             raise NotImplementedError("repshift-patched Hugging Face vision towers do not take an attention mask")
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             # The backward pass would replay layers against the pruning state the whole forward left behind.
-            raise NotImplementedError("repshift-patched Hugging Face vision towers do not support gradient (activation) "
-                                      "checkpointing: call model.activation_checkpointing_disable()")
+            raise NotImplementedError("repshift-patched Hugging Face vision towers do not support gradient "
+                                      "(activation) checkpointing: call model.activation_checkpointing_disable()")
         state: PruneState = self.repshift_state
         layer: int = self.repshift_layer
         layout: Layout = self.repshift_layout
@@ -245,7 +247,8 @@ def install_tower(tower, state: PruneState) -> None:
         raise ValueError(
             f"{type(tower).__name__} keeps the attention implementation it was loaded with "
             f"(attn_implementation={tower.config._attn_implementation!r}); attention={state.attention!r} cannot change "
-            f"it: load the model with attn_implementation={_HF_NAMES[state.attention]!r}, or leave attention at its default"
+            f"it: load the model with attn_implementation={_HF_NAMES[state.attention]!r}, or leave attention at its "
+            "default"
         )
     state.attention = loaded
     num_prefix = prefix_tokens(tower)
@@ -272,7 +275,8 @@ def uninstall_tower(tower) -> None:
 
 class HFVisionAdapter(Adapter):
     family = "hf-vision"
-    description = "Hugging Face transformers vision towers " + ", ".join(TOWERS) + " and the models holding one: " + ", ".join(HOLDERS)
+    description = ("Hugging Face transformers vision towers " + ", ".join(TOWERS) + " and the models holding one: "
+                   + ", ".join(HOLDERS))
 
     def tower(self, model):
         name = transformers_class(model)
