@@ -407,6 +407,15 @@ def test_a_non_standard_layer_is_refused():
         repshift.patch(model, metric="l2", layers=(0,), num=1)
 
 
+def test_a_layout_the_adapter_cannot_read_is_refused_with_the_transformers_version():
+    model = make("CLIPVisionModel")
+    del model.encoder.layers[2].self_attn.out_proj  # as if an older release named it otherwise
+    with pytest.raises(TypeError, match=rf"CLIPVisionModel of transformers {transformers.__version__} is not laid out "
+                                        r"as repshift's adapter reads it \(written against transformers 5.24; "
+                                        r"CLIPAttention.out_proj not found\)"):
+        repshift.patch(model, metric="l2", layers=(0,), num=1)
+
+
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(num=17), ValueError, "only 16 non-prefix tokens"),
     (dict(layers=(3,)), ValueError, "out of range: the model has blocks 0..2"),

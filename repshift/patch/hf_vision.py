@@ -35,7 +35,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from functools import reduce
-from typing import Optional
+from typing import NoReturn, Optional
 
 import torch
 from torch import Tensor
@@ -223,8 +223,13 @@ class RepShiftHFLayer:
 
 
 def check_tower(tower) -> None:
-    """Raise ``TypeError`` unless every layer of ``tower`` is its family's standard layer and attention."""
-    for i, layer in enumerate(tower_layers(tower)):
+    """Raise ``TypeError`` unless every layer of ``tower`` is its family's standard layer and attention, laid out as
+    the adapter reads them (transformers 5.x; older releases name the parts differently)."""
+    try:
+        layers = tower_layers(tower)
+    except AttributeError:
+        _refuse_layout(tower, f"{type(tower).__name__}.{TOWERS[type(tower).__name__].layers}")
+    for i, layer in enumerate(layers):
         name = transformers_class(layer)
         attention = getattr(layer, LAYOUTS[name].attention, None) if name in LAYOUTS else None
         if attention is None or transformers_class(attention) != ATTENTIONS[name]:
@@ -232,12 +237,28 @@ def check_tower(tower) -> None:
                 f"layer {i} of {type(tower).__name__} is a {type(layer).__name__}; repshift.patch supports the "
                 f"standard transformers layers ({', '.join(LAYOUTS)}) with their own attention modules"
             )
+        layout = LAYOUTS[name]
+        parts = [(layer, part) for part in (layout.norm1, layout.norm2, "mlp", layout.drop, *(layout.layer_scales or ()))]
+        parts += [(attention, part) for part in ("q_proj", "k_proj", "v_proj", "head_dim", layout.output,
+                                                 layout.scaling, layout.dropout)]
+        missing = [f"{type(owner).__name__}.{part}" for owner, part in parts if part and not hasattr(owner, part)]
+        if missing:
+            _refuse_layout(tower, ", ".join(missing))
     implementation = tower.config._attn_implementation
     if implementation not in IMPLEMENTATIONS:
         raise TypeError(
             f"{type(tower).__name__} was loaded with attn_implementation={implementation!r}; repshift.patch keeps "
             f"one of {tuple(IMPLEMENTATIONS)}: load the model with one of them"
         )
+
+
+def _refuse_layout(tower, missing: str) -> NoReturn:
+    import transformers
+
+    raise TypeError(
+        f"{type(tower).__name__} of transformers {transformers.__version__} is not laid out as repshift's adapter reads "
+        f"it (written against transformers 5.24; {missing} not found): use a transformers 5.x release"
+    )
 
 
 def install_tower(tower, state: PruneState) -> None:
