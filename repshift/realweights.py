@@ -46,7 +46,7 @@ from repshift import scores
 from repshift.bench import count_gmacs
 from repshift.data import real_photos
 from repshift.data.transforms import eval_transform, mask_geometry
-from repshift.evaluate.saliency import auroc, patch_coverage
+from repshift.evaluate.saliency import mask_agreement, patch_coverage
 from repshift.models import build_model
 from repshift.patch.timm_cnn import grid_sizes, scored_stages, split_stage, stage_name, stages
 from repshift.report.fig7 import draw, foreground_ratio
@@ -60,6 +60,8 @@ SCHEDULES = {"num=(8, 4)": ((1, 2), (8, 4)), "num=(16, 8)": ((1, 2), (16, 8))}
 SHIFT_VARIANTS = (("mlp", "literal"), ("mlp", "update"), ("stage", "literal"))
 #: The shift that the maps and the pruning rows use (the suite's default score).
 DEFAULT_SHIFT = dict(metric="l2", site="mlp", reading="literal")
+#: The activation norm that the literal shift at the mlp site is measured against.
+NORM = "‖x‖ (last block input)"
 
 
 def label(n_photos: int, n_masked: Optional[int] = None) -> str:
@@ -118,7 +120,7 @@ def norm_maps(model, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         for handle in handles:
             handle.remove()
     return {"‖y‖ (stage output)": outputs,
-            "‖x‖ (last block input)": [inputs.get(layer, torch.full_like(out, math.nan)) for layer, out in enumerate(outputs)]}
+            NORM: [inputs.get(layer, torch.full_like(out, math.nan)) for layer, out in enumerate(outputs)]}
 
 
 def centre_prior(batch: int, height: int, width: int) -> torch.Tensor:
@@ -146,43 +148,34 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def mask_aurocs(score_map: torch.Tensor, foregrounds: torch.Tensor) -> list[float]:
     """Per photo, the AUROC of a ``[P, H, W]`` map for foreground cells (covered >= 1/2) vs background (0)."""
-    height, width = score_map.shape[1:]
-    coverage = patch_coverage(foregrounds, patch_size=foregrounds.shape[-1] // width)
-    values = []
-    for cell_scores, cover in zip(score_map.flatten(1), coverage):
-        labelled = (cover >= 0.5) | (cover == 0)
-        values.append(auroc(cell_scores[labelled], cover[labelled] >= 0.5))
-    return values
+    coverage = patch_coverage(foregrounds, patch_size=foregrounds.shape[-1] // score_map.shape[-1])
+    return [mask_agreement(cells[None], cover[None]) for cells, cover in zip(score_map.flatten(1), coverage)]
 
 
 def auroc_table(model, images: torch.Tensor, foregrounds: torch.Tensor, seeds: int) -> dict:
     """Per score and scored stage, the AUROC of every masked photo."""
     layers = scored_stages(model)
-    rows: dict[str, list[list[float]]] = {}
+    grids = [tuple(size["output"]) for size in grid_sizes(model, images.shape[2:])]
+    maps: dict[str, list[torch.Tensor]] = {}  # every stage's map of each score
     for metric in scores.SHIFT_METRICS:
         for site, reading in SHIFT_VARIANTS:
-            maps = shift_maps(model, images, metric=metric, site=site, reading=reading)
             name = f"shift {metric}, {site} site" + (f", {reading}" if site == "mlp" else "")
-            rows[name] = [mask_aurocs(maps[layer], foregrounds) for layer in layers]
-    for name, maps in norm_maps(model, images).items():
-        rows[name] = [mask_aurocs(maps[layer], foregrounds) for layer in layers]
-    grids = [tuple(size["output"]) for size in grid_sizes(model, images.shape[2:])]
-    rows["centre prior"] = [mask_aurocs(centre_prior(len(images), *grids[layer]), foregrounds) for layer in layers]
-    rows["image edge energy"] = [mask_aurocs(edge_energy(images, *grids[layer]), foregrounds) for layer in layers]
-    default, norms = shift_maps(model, images, **DEFAULT_SHIFT), norm_maps(model, images)["‖x‖ (last block input)"]
-    random_runs = []
-    for seed in range(seeds):
-        random_runs.append([mask_aurocs(scores.random_scores(len(images), grids[layer][0] * grids[layer][1], seed=seed,
-                                                             layer=layer).view(len(images), *grids[layer]), foregrounds)
-                            for layer in layers])
+            maps[name] = shift_maps(model, images, metric=metric, site=site, reading=reading)
+    maps.update(norm_maps(model, images))
+    maps["centre prior"] = [centre_prior(len(images), *grid) for grid in grids]
+    maps["image edge energy"] = [edge_energy(images, *grid) for grid in grids]
+    random_runs = [[mask_aurocs(scores.random_scores(len(images), grids[layer][0] * grids[layer][1], seed=seed,
+                                                     layer=layer).view(len(images), *grids[layer]), foregrounds)
+                    for layer in layers] for seed in range(seeds)]
     coverage = [patch_coverage(foregrounds, patch_size=foregrounds.shape[-1] // grids[layer][1]) for layer in layers]
+    default = maps["shift {metric}, {site} site, {reading}".format(**DEFAULT_SHIFT)]
     return {
         "stages": [stage_name(model, layer) for layer in layers],
         "grids": [grids[layer] for layer in layers],
-        "rows": rows,
+        "rows": {name: [mask_aurocs(per_stage[layer], foregrounds) for layer in layers] for name, per_stage in maps.items()},
         "random": random_runs,  # [seed][stage][photo]
         "cells": [{"foreground": int((c >= 0.5).sum()), "background": int((c == 0).sum())} for c in coverage],
-        "spearman_shift_vs_norm": [spearman(default[layer], norms[layer]) for layer in layers],
+        "spearman_shift_vs_norm": [spearman(default[layer], maps[NORM][layer]) for layer in layers],
     }
 
 
@@ -212,7 +205,7 @@ def pruned_gmacs(model, layers: Sequence[int], num: Sequence[int]) -> float:
 
 def pruning_table(model, images: torch.Tensor, reference: torch.Tensor, seeds: int) -> dict:
     """Per schedule, every method's agreement with the unpruned model (random ones: mean over the seeds)."""
-    shift = dict(metric=DEFAULT_SHIFT["metric"], site=DEFAULT_SHIFT["site"], reading=DEFAULT_SHIFT["reading"])
+    shift = dict(DEFAULT_SHIFT)
     methods = {
         "L-W, shift (keep top)": dict(shift, mode="line"),
         "T-W, shift (keep top)": dict(shift, mode="token"),
@@ -303,7 +296,7 @@ def draw_maps(out: Path, model, images: torch.Tensor, names: Sequence[str], fore
     figures = {
         "realweights_maps": (shift_maps(model, batch, **DEFAULT_SHIFT),
                              "representation shift (l2, mlp site, literal)"),
-        "realweights_norm_maps": (norm_maps(model, batch)["‖x‖ (last block input)"],
+        "realweights_norm_maps": (norm_maps(model, batch)[NORM],
                                   "activation norm ‖x‖ of the last block's input (control)"),
     }
     paths = []

@@ -3,7 +3,6 @@
 Models are timm's own architectures with random weights (counting and equivalence need none), their norms
 and ConvNeXt's layer scales drawn away from their initial values so that every branch matters.
 """
-import math
 
 import pytest
 import timm

@@ -101,7 +101,7 @@ def test_decoders_return_decords_frames_at_umts_sampling(name, reader):
         pytest.skip(f"{reader} or decord cannot decode here: {why_not}")
     path = clip(name)
     for frames in (12, 8, 4):  # UMT's retrieval clips (12), QA clips (8), the SMOKE tier (4)
-        middle = lambda vlen, fps: sample_middle_indices(frames, vlen)  # noqa: E731
+        middle = lambda vlen, fps, frames=frames: sample_middle_indices(frames, vlen)  # noqa: E731
         reference, got = read_frames(path, middle, "decord"), read_frames(path, middle, reader)
         assert got.num_frames == reference.num_frames and got.fps == pytest.approx(reference.fps, rel=1e-9)
         assert got.frames.shape == reference.frames.shape == (frames, *reference.frames.shape[1:])
