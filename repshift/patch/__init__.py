@@ -32,8 +32,8 @@ from repshift.patch.base import (
 from repshift.select import KEEP, drop_count
 
 #: How a scheduled unit drops tokens. ``sequence``: tokens of a sequence (ViT, UMT, ViM). On a 2-D
-#: feature map (ResNet): ``line`` drops whole rows and columns, ``token`` the weakest tokens of every
-#: row and then of every column; either way the map stays a dense, smaller grid.
+#: feature map (ResNet, EfficientNet, ConvNeXt): ``line`` drops whole rows and columns, ``token`` the
+#: weakest tokens of every row and then of every column; either way the map stays a dense, smaller grid.
 #: ``merge`` (UMT): vid-TLDR's token merging instead of dropping (repshift.merge, repshift.patch.umt).
 MODES = ("sequence", "line", "token", "merge")
 
