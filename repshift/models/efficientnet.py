@@ -125,7 +125,7 @@ CONFIG_KEYS = ("name", "pretrained", "checkpoint", "kwargs", "unsafe_full_unpick
 
 
 def build(config: Mapping[str, Any]) -> tuple[nn.Module, dict]:
-    """``(model, weights)`` from a model config (``configs/model/efficientnet_lite0.yaml``).
+    """``(model, weights)`` from a model config (``repshift/configs/model/efficientnet_lite0.yaml``).
 
     ``checkpoint`` (a file in either layout) wins; else ``pretrained: true`` loads the packaged Lite0 weights;
     else random initialisation, recorded as such in ``weights``.
