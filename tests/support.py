@@ -217,3 +217,24 @@ class ToyAdapter(Adapter):
 
     def uninstall(self, model) -> None:
         model.__class__ = TwoStreamToy
+
+
+def make_record(**fields):
+    """A valid :class:`repshift.record.RunRecord` (a benchmarked and evaluated DeiT-S run on real weights and
+    data) with ``fields`` replacing top-level fields; sections given as dicts are validated as the file would be."""
+    from repshift.record import Identity, RunRecord
+
+    base = dict(
+        identity=Identity.of({"model": "deit_s"}, [], "cuda:NVIDIA H200", "test"),
+        experiment="table5", run_name="model=deit_s", method={"name": "ours", "label": "Ours"},
+        model={"name": "deit_s", "arch": "deit_small_patch16_224", "family": "timm-vit"},
+        metric="l2", site="mlp", reading="literal", attention="sdpa",
+        compress={"layers": [0, 3, 6], "ratio": 0.2}, weights={"real": True, "source": "timm-hub"},
+        evaluator="classification", dataset={"name": "imagenet", "root": "/data/imagenet", "synthetic": False,
+                                             "n": 50000},
+        metrics={"top1": 79.0, "top5": 94.5, "n": 50000, "skipped": 0},
+        bench={"throughput": 1000.0, "unit": "img/s", "repeats": [1000.0], "kernel": ["sdpa:flash"], "batch": 512,
+               "iters": 10, "warmup": 2, "num_repeats": 1, "precision": "amp-float16", "device": "NVIDIA H200"},
+        gmacs=2.99, tokens=[197, 158, 158, 158, 127, 127, 127, 102, 102, 102, 102, 102], config={}, env={},
+    )
+    return RunRecord.model_validate({**base, **fields})
