@@ -1,4 +1,4 @@
-"""Result files, paper numbers, tables, W&B logging and figures.
+"""Result files, paper numbers, tables and figures (W&B logging is the runner's: repshift.wandb_log).
 
 ``results`` is loaded eagerly; the pandas / wandb / matplotlib parts load on first use of their names.
 """
@@ -17,8 +17,6 @@ _LAZY = {
     "write": "repshift.report.tables",
     "paper_numbers": "repshift.report.tables",
     "paper_value": "repshift.report.tables",
-    "WandbLogger": "repshift.report.wandb_logger",
-    "NullLogger": "repshift.report.wandb_logger",
     "save_score_maps": "repshift.report.figures",
     "plot_layer_curves": "repshift.report.figures",
     "save_figure": "repshift.report.figures",

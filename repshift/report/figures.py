@@ -222,7 +222,7 @@ TAINT_NOTE = "† and hollow markers: random weights or synthetic data (not comp
 
 
 def log_images(logger: Any, images: Mapping[str, str | os.PathLike]) -> None:
-    """Log PNG files to W&B as images when ``logger`` (a ``repshift.report.wandb_logger`` logger) has a run."""
+    """Log PNG files to W&B as images when ``logger`` (a ``repshift.wandb_log`` logger) has a run."""
     run = getattr(logger, "run", None)
     if run is None:
         return
@@ -255,7 +255,7 @@ def figure_logger(kind: str, out_dir: str | os.PathLike, name: str) -> Any:
     """A started logger for the figures of one command: ``wandb`` (offline unless ``$WANDB_MODE`` says
     otherwise, files under ``out_dir``) or ``none``. The run id is fixed per ``out_dir`` and ``name``, so
     redrawing the figures continues the same W&B run."""
-    from repshift.report.wandb_logger import NullLogger, WandbLogger, run_id_for
+    from repshift.wandb_log import NullLogger, WandbLogger, run_id_for
 
     if kind == "none":
         return NullLogger()

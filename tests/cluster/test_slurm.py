@@ -202,7 +202,7 @@ def test_failed_and_cancelled_runs_are_summarised_and_a_relaunch_runs_only_them(
 
 
 def test_requeued_training_resumes_from_its_checkpoint_with_the_same_result(workdir):
-    from repshift.report.wandb_logger import run_id_for
+    from repshift.wandb_log import run_id_for
 
     args = ["-m", *QUICK, "task=[train,evaluate]", "compress=none", "logger=wandb", "train.epochs=4", "train.batch_size=4",
             "+copy=reference,requeued", "experiment_name=requeue", *SLURM, "hydra.launcher.array_parallelism=2"]
