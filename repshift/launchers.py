@@ -4,10 +4,12 @@
 ``hydra_plugins.repshift_launcher``: Hydra instantiates launchers only from that namespace). Over the
 plugin's launcher it adds:
 
-- **Sweep resume.** Before submitting, each run's folder is worked out from its overrides; runs
-  that already wrote ``result.json`` (unless ``force=true``) and runs still queued or running from
-  an earlier submission are not submitted again. A relaunch of the same command runs only what is
-  missing.
+- **Sweep resume.** Before submitting, each run's folder and identity are worked out as the runner
+  will (:mod:`repshift.identity`); runs whose folder holds a result of that identity (unless
+  ``force=true``) and runs still queued or running from an earlier submission are not submitted again. A
+  relaunch of the same command runs only what is missing. The submitting host cannot know which GPU a job
+  will get: a result matches when its identity is the same but for the GPU's name (a ``cpu`` result never
+  stands for a GPU job, nor the other way round); the job itself checks its full identity again.
 - **Clear failures.** A run whose Python code raised ends as FAILED in SLURM (the plugin reports it
   as COMPLETED). Failures are logged as they happen, the other runs go on, and the sweep ends with
   one summary naming each failed run, its job id, SLURM state, error and log path, instead of the
@@ -23,6 +25,7 @@ overrides, job id, log paths): :mod:`repshift.status` and the resume check read 
 """
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import shutil
@@ -30,7 +33,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -38,10 +41,12 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import CompactHydraException
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from repshift.report.results import is_finished
+from repshift import identity
+from repshift.record import Identity, RecordError, RunRecord
 from repshift.status import ACTIVE_STATES, read_submissions, slurm_states, write_submission
+from repshift.tasks import parse_tasks
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,19 @@ class PlannedRun:
     job_num: int
     run_dir: Path
     force: bool  # the run's `force=true`: run again even with a result
+    identity: Optional[Identity] = None  # None: not known here (an input is missing: the job will say which)
+    gpu: bool = False  # the job runs on a GPU (device=cuda, or auto with GPUs requested)
+
+    def finished(self) -> Optional[Path]:
+        """The folder holding this run's result (same identity but perhaps the GPU's name), else None."""
+        if self.identity is None:
+            return None
+        return identity.find_finished(self.run_dir, self.identity, same=self._same)
+
+    def _same(self, stored: Identity, planned: Identity) -> bool:
+        fields = ("config", "inputs", "code")
+        return (all(getattr(stored, f) == getattr(planned, f) for f in fields)
+                and stored.device.startswith("cuda") == self.gpu)
 
 
 @dataclass
@@ -103,7 +121,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         active = _active_runs(sweep_dir)
         todo, finished, running = [], [], []
         for run in planned:
-            if is_finished(run.run_dir) and not run.force:
+            if not run.force and run.finished() is not None:
                 finished.append(run)
             elif str(run.run_dir) in active:
                 running.append((run, active[str(run.run_dir)]))
@@ -145,8 +163,12 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                 cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
                 HydraConfig.instance().set_config(cfg)
                 run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-                force = bool(OmegaConf.select(cfg, "force", default=False))
-                planned.append(PlannedRun(list(overrides), initial_job_idx + offset, run_dir.absolute(), force))
+                force = OmegaConf.select(cfg, "force", default=False) is True
+                device = str(OmegaConf.select(cfg, "device", default="auto"))
+                gpu = device.startswith("cuda") or (device == "auto" and bool(
+                    self.params.get("gpus_per_node") or self.params.get("gpus_per_task")))
+                planned.append(PlannedRun(list(overrides), initial_job_idx + offset, run_dir.absolute(), force,
+                                          _planned_identity(cfg), gpu))
         finally:
             HydraConfig.instance().cfg = hydra_config
         return planned
@@ -207,6 +229,21 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         return sorted(failures, key=lambda f: f.run.job_num)
 
 
+def _planned_identity(cfg: DictConfig) -> Optional[Identity]:
+    """The run's identity as the runner will compute it, but for the device (the job's, unknown here)."""
+    task = copy.deepcopy(cfg)
+    with open_dict(task):
+        for key in ("hydra", "logger"):
+            task.pop(key, None)
+        task.train.pop("output", None)  # both name the run folder through Hydra's runtime, unset here
+    try:
+        config = OmegaConf.to_container(task, resolve=True)
+        return identity.run_identity(config, parse_tasks(config["task"]), device="planned")
+    except (OSError, ValueError, KeyError) as error:  # the job reports it, with its full message
+        log.info("cannot tell whether %s is finished (%s): submitting it", cfg.hydra.sweep.subdir, error)
+        return None
+
+
 def _placeholder(run: PlannedRun) -> JobReturn:
     """What the sweeper gets for a run this launcher did not wait on (finished, running or detached)."""
     return JobReturn(overrides=run.overrides, working_dir=str(run.run_dir), status=JobStatus.COMPLETED)
@@ -216,7 +253,7 @@ def _failure_of(run: PlannedRun, job, state: str) -> Failure | None:
     """None when the run wrote its result; else why not, from SLURM's end state and submitit's record."""
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    if is_finished(run.run_dir):
+    if _has_result(run):
         return None
     log_path = job.paths.stderr
     if state in ENDED_WITHOUT_RESULT:
@@ -228,6 +265,18 @@ def _failure_of(run: PlannedRun, job, state: str) -> Failure | None:
     except UncompletedJobError:
         pass
     return Failure(run, job.job_id, state, f"ended without writing result.json (SLURM state {state})", log_path)
+
+
+def _has_result(run: PlannedRun) -> bool:
+    """Whether the job left its result (in its folder, or in the identity folder beside it when its folder held
+    another run's result)."""
+    if run.identity is not None:
+        return run.finished() is not None
+    try:
+        RunRecord.read(run.run_dir)
+        return True
+    except RecordError:
+        return False
 
 
 def _last_error_line(text: str) -> str:

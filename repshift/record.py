@@ -107,10 +107,13 @@ class Identity(_Section):
 # ------------------------------------------------------------------------------------ sections
 
 class Method(_Section):
-    """The table row a run belongs to, as its method config declares it (``repshift/configs/method/``)."""
+    """The table row a run belongs to: the method whose declaration (``repshift/configs/method/``) matches what
+    the run did, or a name derived from what it did (``repshift.run.recorded_method``)."""
 
     name: str
     label: str
+    requested: Optional[str] = None  # the method= the run asked for, when it is not the one it ran
+    declares: Optional[dict[str, list[Any]]] = None  # what the method declares (score, site, kernel, mode ...)
 
 
 class ModelInfo(_Section):
@@ -162,7 +165,7 @@ class Bench(_Section):
 class Train(_Section):
     history: list[dict[str, Any]]
     checkpoint: str
-    resumed_from: Optional[StrictInt] = None
+    resumed_from: Optional[Number] = None  # epochs done when training started (fractional: mid-epoch)
 
 
 # ------------------------------------------------------------------------------------ the record

@@ -16,7 +16,8 @@
   vid-TLDR time and count the encoder). The record says which part.
 
 The runner (:mod:`repshift.run`) runs them in the order of :data:`TASKS`, whatever the order of
-the list; this module is the only other place that reads the run config.
+the list. This module reads the run config the runner hands it (the runner side is :mod:`repshift.run`,
+:mod:`repshift.settings`, :mod:`repshift.identity` and this module: nothing else reads a run config).
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from repshift import bench
@@ -51,7 +51,8 @@ class Evaluator:
 
     needs: str  # shown when a model cannot serve it
     serves: Callable[[torch.nn.Module], bool]
-    run: Callable[[torch.nn.Module, DictConfig, torch.device], tuple[dict, dict]]  # -> (dataset info, metrics)
+    #: (model, run config, device, run folder) -> (dataset info, metrics)
+    run: Callable[[torch.nn.Module, DictConfig, torch.device, Path], tuple[dict, dict]]
 
 
 def _loader_settings(cfg: DictConfig, device: torch.device) -> dict:
@@ -66,7 +67,7 @@ def _loader_settings(cfg: DictConfig, device: torch.device) -> dict:
     )
 
 
-def _classification(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict]:
+def _classification(model, cfg: DictConfig, device: torch.device, run_dir: Path) -> tuple[dict, dict]:
     dataset = build_dataset(cfg.dataset, split=cfg.dataset.split)
     metrics = evaluate_classification(model, dataset, **_loader_settings(cfg, device))
     log.info("top-1 %.2f  top-5 %.2f  (n=%d, skipped=%d)", *(metrics[k] for k in ("top1", "top5", "n", "skipped")))
@@ -77,7 +78,7 @@ def _classification(model, cfg: DictConfig, device: torch.device) -> tuple[dict,
 RETRIEVAL_METHODS = ("encode_video", "encode_text", "itm_scores", "tokenize")
 
 
-def _retrieval(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict]:
+def _retrieval(model, cfg: DictConfig, device: torch.device, run_dir: Path) -> tuple[dict, dict]:
     """UMT's evaluation: ITM re-ranking of the top-k ITC candidates (``dataset.itm=false``: embedding only).
 
     Metrics: the reported ranking's ``t2v_r1 ... hm_r10`` (``hm_rK`` = harmonic mean of T2V and V2T,
@@ -106,7 +107,7 @@ def _retrieval(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict
 PREDICTIONS_FILE = "predictions.json"
 
 
-def _qa(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict]:
+def _qa(model, cfg: DictConfig, device: torch.device, run_dir: Path) -> tuple[dict, dict]:
     """UMT's QA evaluation: exact-match accuracy (``acc``, %) of the answer ranked first, and the counts.
 
     The per-question predictions are written (rank 0, atomically) to ``predictions.json`` in the run folder, and
@@ -122,12 +123,10 @@ def _qa(model, cfg: DictConfig, device: torch.device) -> tuple[dict, dict]:
     predictions = out.pop("predictions")
     log.info("QA %s", format_qa(out))
     described = describe_dataset(cfg.dataset, dataset)
-    if HydraConfig.initialized():
-        path = Path(HydraConfig.get().runtime.output_dir) / PREDICTIONS_FILE
-        if distributed.is_main():
-            with atomic_open(path) as fh:
-                json.dump(predictions, fh, indent=1)
-        described["predictions"] = PREDICTIONS_FILE
+    if distributed.is_main():
+        with atomic_open(run_dir / PREDICTIONS_FILE) as fh:
+            json.dump(predictions, fh, indent=1)
+    described["predictions"] = PREDICTIONS_FILE
     return described, out
 
 
@@ -174,6 +173,20 @@ def evaluator_of(cfg: DictConfig, model) -> Evaluator:
     return evaluator
 
 
+#: The counts an evaluator reports of what it evaluated (classification, retrieval, QA).
+EVALUATED_COUNTS = ("n", "n_videos", "n_texts", "n_questions")
+
+
+def check_evaluated(metrics: dict, cfg: DictConfig) -> None:
+    """An evaluation of nothing is a failed run, never a result: every sample skipped (``skip_corrupt``), an
+    empty split or annotation file."""
+    empty = [key for key in EVALUATED_COUNTS if metrics.get(key) == 0]
+    if empty:
+        raise RuntimeError(f"dataset={cfg.dataset.name} (dataset.root={cfg.dataset.root}, split {cfg.dataset.split}) "
+                           f"evaluated no samples ({', '.join(f'{k}=0' for k in empty)}; skipped: "
+                           f"{ {k: v for k, v in metrics.items() if k.startswith('skipped')} }): no result is written")
+
+
 def check_train_output(cfg: DictConfig) -> None:
     output = Path(cfg.train.output)
     if cfg.model.checkpoint and output.resolve() == Path(cfg.model.checkpoint).resolve():
@@ -181,8 +194,11 @@ def check_train_output(cfg: DictConfig) -> None:
 
 
 def run_train(model, cfg: DictConfig, device: torch.device, log_epoch: Callable[[dict], None]) -> dict:
+    """Train as ``train.*`` says; an existing ``train.output`` is resumed (``force=true`` moved it aside first)."""
     output = Path(cfg.train.output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    if output.exists():
+        log.info("train.output=%s exists: training resumes from it (force=true starts over)", output)
     recipe = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if k != "output"}
     summary = train(
         model,
@@ -197,6 +213,8 @@ def run_train(model, cfg: DictConfig, device: torch.device, log_epoch: Callable[
         log=log_epoch,
     )
     model.eval()
+    if summary["resumed_from"]:
+        log.info("training resumed from %s after epoch %s of %s", output, summary["resumed_from"], cfg.train.epochs)
     return {"history": summary["history"], "checkpoint": str(output), "resumed_from": summary["resumed_from"]}
 
 
