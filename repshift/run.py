@@ -46,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 import repshift
 from repshift import configs, distributed, identity, provenance, scores, settings, status, tasks
 from repshift.models import build_model
-from repshift.record import RESULT_NAME, Identity, RunRecord
+from repshift.record import RESULT_NAME, Identity, RecordError, RunRecord
 from repshift.wandb_log import NullLogger
 
 log = logging.getLogger("repshift.run")
@@ -278,6 +278,8 @@ class Run:
         settings.validate(config)
         todo = tasks.parse_tasks(config["task"])
         check_merge_host(cfg)
+        if "train" in todo:
+            tasks.check_train_output(cfg)
         self.rank, world, local_rank = distributed.init_from_env()
         stack.callback(distributed.cleanup)
         device = resolve_device(cfg.device, local_rank)
@@ -290,8 +292,11 @@ class Run:
             return RunRecord.read(finished)
         self.run_dir = identity.folder_for(self.named, ident)
         if self.run_dir != self.named:
-            log.warning("%s holds the result of another run (another config, input, device or code); this run "
-                        "writes to %s", self.named, self.run_dir)
+            try:
+                other = f"the result of another run (identity {RunRecord.read(self.named).identity.key})"
+            except RecordError as error:  # reported with its path, kept as it is
+                other = f"a result.json that is not a valid run record ({error.reason})"
+            log.warning("%s holds %s; this run (identity %s) writes to %s", self.named, other, ident.key, self.run_dir)
         stack.enter_context(run_log(self.run_dir))
         if self.rank == 0:
             settle_folder(cfg, self.run_dir)
@@ -323,7 +328,6 @@ class Run:
         fields: dict[str, Any] = {}
         if "train" in todo:
             self.stage = "training"
-            tasks.check_train_output(cfg)
             fields["train"] = tasks.run_train(model, cfg, device, lambda entry: _log_epoch(entry, logger))
             weights = {"real": True, "source": f"trained-here:{fields['train']['checkpoint']}", "initial": weights}
         if evaluator is not None:

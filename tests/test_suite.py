@@ -6,8 +6,9 @@ import pytest
 from support import CONFIGS, QUICK, compose_run, make_smoke
 from support import run_module as run
 
-from repshift.report import tables
-from repshift.run import method_name, run_name  # also registers the config resolvers
+from repshift.configs import experiment_folder, names
+from repshift.record import RunRecord
+from repshift.run import recorded_method, run_name  # also registers the config resolvers
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
@@ -28,8 +29,10 @@ def results_under(folder):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment):
     cfg = compose_run([f"experiment={experiment}"])
-    # a few recipes write into the folder of the table they feed (readings_table8 -> readings, fig1 -> table2)
-    assert cfg.experiment_name == experiment or cfg.experiment_name in tables.TABLES
+    # the folder is declared once, in the experiment's config (or one it builds on: fig1 -> table2_bench -> table2),
+    # and it is itself an experiment's name (readings_table8 -> readings): never run.yaml's "custom"
+    assert cfg.experiment_name == experiment_folder(experiment)
+    assert cfg.experiment_name in names("experiment")
     assert set(cfg.task) <= {"train", "evaluate", "bench"}
 
 
@@ -54,18 +57,22 @@ def test_score_site_and_kernel_are_plain_keys(key, value):
         ([], "ours"),
         (["method=base"], "base"),
         (["method=attn"], "attn"),
-        (["metric=attn", "attention=sdpa"], "attn+sdpa"),
+        (["metric=attn", "attention=sdpa"], "attn_sdpa"),
         (["metric=cos", "site=block"], "cos-block"),
+        (["metric=attn_cls", "site=attn"], "attn_cls"),
         (["metric=none"], "static"),
         (["method=static"], "static"),
-        (["method=attn_sdpa"], "attn+sdpa"),
+        (["method=attn_sdpa"], "attn_sdpa"),
         (["experiment=table8", "compress.layers=[2]", "compress.keep=bottom"], "ours"),
         (["experiment=table5", "model=deit_b", "metric=attn", "attention=eager"], "attn"),
+        (["experiment=table6", "method=line_wise"], "line_wise"),
+        (["experiment=table7", "method=ours"], "ours"),  # ViM: L2 across the mixer is Ours
+        (["method=ours", "reading=update"], "ours@update"),
     ],
 )
 def test_method_names(overrides, label):
     cfg = compose_run(overrides)
-    assert method_name(cfg) == label
+    assert recorded_method(cfg)["name"] == label
 
 
 def test_method_labels_are_declared_once_in_the_method_configs():
@@ -82,11 +89,17 @@ def test_slurm_launcher_defaults():
     assert "submitit_slurm" in launcher._target_.lower() or "slurm" in launcher._target_.lower()
 
 
-def test_run_names_are_safe_and_stable():
+def test_run_names_are_safe_readable_and_distinct():
     assert run_name("") == "defaults"
-    assert run_name("model.checkpoint=/a/b.pth,model=deit_s") == "model.checkpoint=_a_b.pth,model=deit_s"
-    long = run_name("x=" + "y" * 400)
-    assert len(long) < 200 and long == run_name("x=" + "y" * 400)
+    assert run_name("metric=l2,model=deit_s,site=mlp") == "metric=l2,model=deit_s,site=mlp"  # safe: kept as written
+    # unsafe characters are replaced, and the overrides' hash appended, so names that sanitise alike stay apart
+    slashed, underscored = run_name("model.checkpoint=ck/good.pth"), run_name("model.checkpoint=ck_good.pth")
+    assert slashed.startswith("model.checkpoint=ck_good.pth-") and "/" not in slashed
+    assert underscored == "model.checkpoint=ck_good.pth" and slashed != underscored
+    assert run_name("+label=é") != run_name("+label=ü")
+    # long names are cut to one short path component, still distinct when only their ends differ
+    long_a, long_b = run_name("x=" + "y" * 400 + "a"), run_name("x=" + "y" * 400 + "b")
+    assert len(long_a) < 200 and long_a != long_b
 
 
 # --- the runner -----------------------------------------------------------------------------
@@ -96,9 +109,11 @@ def test_single_run_writes_a_complete_result_then_skips(workdir):
     proc = run(workdir, *QUICK, "task=[evaluate,bench]")
     (path,) = results_under(workdir / "outputs/smoke/custom")
     result = json.loads(path.read_text())
-    assert result["schema"] == "repshift.result/2" and result["experiment"] == "custom"
-    assert result["method"] == {"name": "ours", "label": "ours"}
-    assert result["weights"] == {"real": False, "source": "random-init"}
+    record = RunRecord.read(path)  # the runner writes what every reader accepts
+    assert result["schema"] == "repshift.result/3" and result["experiment"] == "custom"
+    assert (record.method.name, record.method.label, record.method.requested) == ("ours", "Ours", None)
+    assert record.identity.device == "cpu" and record.identity.code.startswith("repshift ")
+    assert (record.weights.real, record.weights.source, record.weights.initial) == (False, "random-init", None)
     assert result["model"] == {"name": "tiny", "arch": "vit_tiny_patch16_224", "family": "timm-vit"}
     assert result["dataset"]["synthetic"] is True and result["metrics"]["n"] == 16
     assert result["tokens"] == [197, 158, 158, 158, 127, 127, 127, 102]
@@ -157,10 +172,10 @@ def test_wandb_offline_run_lands_in_the_run_folder(workdir):
         (["dataset=imagenet", "model=tiny", "task=[evaluate]", "paths.data_dir=/nonexistent"], "dataset.root=/nonexistent/imagenet"),
         (["model=tiny", "model.checkpoint=/nope.pth", "task=[bench]"], "model.checkpoint=/nope.pth"),
         (["model=deit_x"], "deit_s"),
-        ([*QUICK, "compress.ratio=1.5", "task=[bench]"], "ratio must be in [0, 1)"),
+        ([*QUICK, "compress.ratio=1.5", "task=[bench]"], "compress.ratio=1.5: expected a number < 1"),
         (["smoke=on", "model=deit_s", "model.name=regnetx_002", "metric=attn", "task=[bench]"],
          "no repshift adapter supports RegNet"),
-        ([*QUICK, "task=[predict]"], "unknown ['predict']"),
+        ([*QUICK, "task=[predict]"], "task[0]='predict': expected one of 'train', 'evaluate' or 'bench'"),
         (["smoke=on", "model=tiny", "task=[evaluate]", "+model.kwargs.num_classes=0"],
          "runs the classification evaluator, which needs class logits"),
         ([*QUICK, "task=[train]", "model.checkpoint=/tmp/x.pth", "train.output=/tmp/x.pth"], "train.output=/tmp/x.pth is also model.checkpoint"),
