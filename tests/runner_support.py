@@ -1,6 +1,7 @@
 """Helpers of the runner tests (tests/test_runner_*.py): one run in this process, as Hydra would start it."""
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def run_here(workdir: Path, *overrides: str):
     task = copy.deepcopy(cfg)
     with read_write(task), open_dict(task):
         del task["hydra"]
-    return Run(task, named).outcome()
+    with contextlib.chdir(workdir):  # relative paths are the launch folder's
+        return Run(task, named).outcome()
 
 
 def named_folder(workdir: Path, *overrides: str) -> Path:
