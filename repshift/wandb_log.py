@@ -130,6 +130,9 @@ class WandbLogger:
             first = f"{type(error).__name__}: {_first_line(error)}"
         if self.mode in ("online", "shared"):
             try:
+                # the failed attempt may still hold the run id in W&B's service process: the offline run gets its
+                # own (the same in every attempt of this run, so `wandb sync` still merges requeued attempts)
+                self.id = f"{self.id}-offline" if self.id else None
                 self.run = self._init("offline", config)
                 log.warning("W&B %s run could not start (%s); logging offline instead (sync later with "
                             "`wandb sync`). The run goes on and writes result.json.", self.mode, first)

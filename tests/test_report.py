@@ -452,63 +452,7 @@ def test_cli_as_module(tmp_path):
     assert (tmp_path / "tables" / "table5.md").exists()  # out defaults to <results>/tables
 
 
-# --------------------------------------------------------------------------- W&B
-
-
-def test_resolve_mode(monkeypatch):
-    from repshift.report.wandb_logger import resolve_mode
-
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    assert resolve_mode(None) == "offline"
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert resolve_mode(None) == "disabled"
-    assert resolve_mode("offline") == "offline"  # explicit mode beats the env var
-    with pytest.raises(ValueError):
-        resolve_mode("sometimes")
-
-
-def test_wandb_disabled(wandb_env):
-    from repshift.report.wandb_logger import WandbLogger
-
-    with WandbLogger(mode="disabled", dir=wandb_env / "run") as lg:
-        assert lg.mode == "disabled"
-        lg.log_metrics({"top1": 1.0})
-        lg.log_table("t", pd.DataFrame({"a": [1.0, 2.0]}))
-    lg.finish()
-    lg.finish()  # twice is fine
-    assert not list((wandb_env / "run").glob("wandb/offline-run-*"))
-
-
-def test_wandb_offline_two_runs_and_table(wandb_env, monkeypatch):
-    from repshift.report.wandb_logger import WandbLogger
-
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    df = T.build("table5", table5_results())
-    ids = []
-    for i in range(2):
-        run_dir = wandb_env / f"job{i}"
-        lg = WandbLogger(project="repshift-test", name=f"job{i}", group="multirun", tags=("test",), dir=run_dir)
-        lg.start({"job": i, "model": {"name": "deit_s"}})
-        assert lg.mode == "offline"
-        ids.append(lg.run.id)
-        lg.log_metrics({"top1": 70.0 + i})
-        lg.log_summary({"final": i})
-        lg.log_table("table5", df)
-        lg.finish()
-        lg.finish()
-        runs = list((run_dir / "wandb").glob("offline-run-*"))
-        assert len(runs) == 1, runs
-        assert list(runs[0].glob("run-*.wandb"))
-    assert ids[0] != ids[1]
-
-
-def test_null_logger(tmp_path):
-    from repshift.report.wandb_logger import NullLogger
-
-    with NullLogger().start({"a": 1}) as lg:
-        lg.log_metrics({"x": 1})
-        lg.log_table("t", pd.DataFrame())
-    lg.finish()
+# W&B logging is the runner's (repshift/wandb_log.py): tests/test_runner_wandb.py
 
 
 # --------------------------------------------------------------------------- figures
@@ -587,18 +531,3 @@ def test_table8_and_fig3_show_the_controls():
                            make_result("fig3", method="static", metric="none", top1=58.0, layers=(2,)),
                            make_result("fig3", method="l2-attn", metric="l2", site="attn", top1=61.0, layers=(2,))])
     assert list(fig.index) == ["l2-attn", "Random (control)", "Static (control)"]
-
-
-def test_a_failing_wandb_call_turns_wandb_off_instead_of_ending_the_run():
-    from repshift.report.wandb_logger import WandbLogger
-
-    class DeadService:
-        def log(self, *args, **kwargs):
-            raise ConnectionResetError("Connection lost")
-
-    logger = WandbLogger(mode="disabled")
-    logger.run = DeadService()
-    with pytest.warns(RuntimeWarning, match="W&B logging failed .*ConnectionResetError: Connection lost"):
-        logger.log_metrics({"train/loss": 1.0})
-    assert logger.run is None
-    logger.log_metrics({"train/loss": 0.5})  # later calls are no-ops, not errors

@@ -20,7 +20,7 @@ from repshift import scores
 from repshift.bench import count_gmacs
 from repshift.models.vim import VisionMamba, count_macs
 from repshift.patch import record_scores
-from repshift.run import method_name
+from repshift.run import recorded_method
 from repshift.select import keep_indices
 
 TINY_KWARGS = yaml.safe_load((CONFIGS / "model" / "vim_tiny.yaml").read_text())["kwargs"]
@@ -281,20 +281,20 @@ def test_vim_model_configs_have_the_model_config_keys():
 @pytest.mark.parametrize(
     "method,metric,name,label,compress",
     [
-        ("top_vim", "top_vim", "top-vim", "ToP-ViM", VIM_SCHEDULE),
+        ("top_vim", "top_vim", "top_vim", "ToP-ViM", VIM_SCHEDULE),
         ("ours", "l2", "ours", "Ours", VIM_SCHEDULE),
         ("static", "none", "static", "Static (control)", VIM_SCHEDULE),
     ],
 )
 def test_table7_runs_compose(method, metric, name, label, compress):
     cfg = compose_run(["experiment=table7", f"method={method}"])
-    assert (cfg.metric, cfg.site, method_name(cfg), cfg.method.label) == (metric, "mixer", name, label)
+    assert (cfg.metric, cfg.site, recorded_method(cfg)["name"], cfg.method.label) == (metric, "mixer", name, label)
     assert dict(cfg.compress) == compress
 
 
 def test_table7_base_is_unpruned():
     cfg = compose_run(["experiment=table7", "method=base", "compress=none"])
-    assert method_name(cfg) == "base" and list(cfg.compress.layers) == []
+    assert recorded_method(cfg)["name"] == "base" and list(cfg.compress.layers) == []
 
 
 @pytest.mark.slow

@@ -1,0 +1,111 @@
+"""W&B never loses a run: every call guarded and bounded, offline (or no W&B) with one warning on failure.
+
+Online tests point W&B at a closed port on this machine (``WANDB_BASE_URL=http://127.0.0.1:9``): no traffic
+leaves it, and a home folder of the test's own keeps any real credentials out of reach.
+"""
+import logging
+import time
+
+import pandas as pd
+import pytest
+from support import QUICK, make_record
+from support import run_module as run
+
+from repshift.record import RunRecord
+from repshift.wandb_log import NullLogger, WandbLogger, record_metrics, resolve_mode
+
+
+def test_resolve_mode(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert resolve_mode(None) == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode(None) == "disabled"
+    assert resolve_mode("offline") == "offline"  # explicit mode beats the env var
+    with pytest.raises(ValueError, match="unknown W&B mode 'sometimes'"):
+        resolve_mode("sometimes")
+
+
+def test_wandb_disabled(wandb_env):
+    with WandbLogger(mode="disabled", dir=wandb_env / "run") as lg:
+        assert lg.mode == "disabled"
+        lg.log_metrics({"top1": 1.0})
+        lg.log_table("t", pd.DataFrame({"a": [1.0, 2.0]}))
+    lg.finish()
+    lg.finish()  # twice is fine
+    assert not list((wandb_env / "run").glob("wandb/offline-run-*"))
+
+
+def test_wandb_offline_two_runs_log_their_records(wandb_env, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    ids = []
+    for i in range(2):
+        run_dir = wandb_env / f"job{i}"
+        lg = WandbLogger(project="repshift-test", name=f"job{i}", group="multirun", tags=("test",), dir=run_dir)
+        lg.start({"job": i, "model": {"name": "deit_s"}})
+        assert lg.mode == "offline"
+        ids.append(lg.run.id)
+        lg.log_record(make_record())
+        assert lg.run is not None  # every call went through
+        lg.finish()
+        lg.finish()
+        runs = list((run_dir / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs
+        assert list(runs[0].glob("run-*.wandb"))
+    assert ids[0] != ids[1]
+
+
+def test_what_wandb_shows_comes_from_the_record():
+    record = make_record()
+    assert record_metrics(record) == {"metrics/top1": 79.0, "metrics/top5": 94.5, "metrics/n": 50000,
+                                      "metrics/skipped": 0, "bench/throughput": 1000.0, "gmacs": 2.99}
+
+
+def test_null_logger():
+    with NullLogger().start({"a": 1}) as lg:
+        lg.log_metrics({"x": 1})
+        lg.log_record(make_record())
+        assert lg.run is None and lg.mode == "none"
+
+
+def test_a_failing_or_hanging_call_turns_wandb_off_with_one_warning(caplog):
+    class DeadService:
+        def log(self, *args, **kwargs):
+            raise ConnectionResetError("Connection lost")
+
+    class HungService:
+        def log(self, *args, **kwargs):
+            time.sleep(30)
+
+    logger = WandbLogger(mode="disabled", call_timeout=0.5)
+    with caplog.at_level(logging.WARNING, logger="repshift.wandb"):
+        logger.run = DeadService()
+        logger.log_metrics({"train/loss": 1.0})
+        assert logger.run is None
+        logger.log_metrics({"train/loss": 0.5})  # later calls are no-ops, not errors
+        logger.run = HungService()
+        started = time.monotonic()
+        logger.log_metrics({"train/loss": 0.25})
+        assert time.monotonic() - started < 5 and logger.run is None
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "W&B logging failed (ConnectionResetError: Connection lost)", "W&B logging did not return within 0.5 s"]
+
+
+@pytest.mark.parametrize("api_key", [None, "0" * 40], ids=["no-key", "a-key"])
+def test_wandb_online_without_network_still_writes_the_result(tmp_path, api_key):
+    env = {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "HOME": str(tmp_path / "home"),
+           "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+           "WANDB_DATA_DIR": str(tmp_path / "wandb-data"), "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
+    if api_key:
+        env["WANDB_API_KEY"] = api_key
+    started = time.monotonic()
+    proc = run(tmp_path, *QUICK, "task=[bench]", "logger=wandb", "logger.init_timeout=4", "experiment_name=wb",
+               env=env, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    (path,) = (tmp_path / "outputs/smoke/wb").glob("*/result.json")
+    assert RunRecord.read(path).bench.throughput > 0
+    warnings = [line for line in output.splitlines() if "W&B" in line]
+    assert len(warnings) == 1 and "W&B online run could not start" in warnings[0], warnings
+    assert "logging offline instead" in warnings[0]
+    assert list((path.parent / "wandb").glob("offline-run-*"))  # it went on offline, in the run folder
+    assert time.monotonic() - started < 300
