@@ -86,12 +86,15 @@ def _checkpoint(path: str, size: int, mtime_ns: int) -> InputFile:
 def _tokenizer(source: str, stamp: Optional[float]) -> InputFile:
     from repshift.models.umt_text import load_tokenizer  # transformers: only runs with a text side pay for it
 
+    path = Path(source).expanduser()
+    if ("/" in source or source.startswith((".", "~"))) and not path.is_dir():  # a folder, not a hub name
+        raise InputError("model.tokenizer", source, "no such folder (give a folder holding vocab.txt, or a hub name "
+                                                    "such as bert-base-uncased in the Hugging Face cache)")
     try:
         vocabulary = load_tokenizer(source).get_vocab()
     except (OSError, ValueError) as error:
         raise InputError("model.tokenizer", source, str(error)) from None
     tokens = "\n".join(sorted(vocabulary, key=vocabulary.get))
-    path = Path(source).expanduser()
     return InputFile(role="tokenizer", path=str(path.absolute()) if path.is_dir() else source,
                      sha256=hashlib.sha256(tokens.encode()).hexdigest())
 

@@ -36,9 +36,7 @@ from typing import Any, Optional
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -242,6 +240,7 @@ def replace_finished(cfg: DictConfig, run_dir: Path, todo: list[str]) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://repshift.configs", config_name="run")
 def main(cfg: DictConfig) -> Optional[RunRecord]:
     outcome = Run(cfg, Path(HydraConfig.get().runtime.output_dir)).outcome()
+    SWEEP.after(outcome, keep_going=cfg.get("keep_going") is True, sweep=HydraConfig.get().mode == RunMode.MULTIRUN)
     if isinstance(outcome, RunFailed):
         gc.collect()  # the failed run's model and data, now unreachable
         if torch.cuda.is_available():
@@ -389,34 +388,45 @@ def _log_epoch(entry: dict, logger) -> None:
 
 # ------------------------------------------------------------------------------------------ sweeps
 
-class SweepGuard(Callback):
-    """Hydra callback (``hydra.callbacks.sweep_guard`` in run.yaml): a sequential sweep (``hydra/launcher=basic``)
-    whose first :data:`STOP_AFTER` runs all fail the same way before doing any work stops with one summary,
-    instead of failing the same way for every run. ``keep_going=true`` lets it go on. (Under submitit and
-    SLURM each run is a process of its own; the SLURM launcher ends with a summary of every failure.)"""
+class SweepStopped(SystemExit):
+    """A sweep stopped by :class:`SweepGuard`: the interpreter prints its message (the summary) and exits with 1.
+    A SystemExit, because Hydra turns an exception of a run (or of a callback) into one more failed run."""
+
+    def __init__(self, summary: str):
+        super().__init__(summary)
+
+
+class SweepGuard:
+    """A sequential sweep (``hydra/launcher=basic``, every run in this process) whose first :data:`STOP_AFTER`
+    runs all fail the same way before doing any work stops with one summary, instead of failing the same way for
+    every run. ``keep_going=true`` lets it go on. (Under submitit and SLURM each run is a process of its own;
+    the SLURM launcher ends with a summary of every failure.)"""
 
     def __init__(self) -> None:
         self.failures: list[RunFailed] = []
         self.worked = False
 
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        error = job_return._return_value if job_return.status == JobStatus.FAILED else None
-        if not isinstance(error, RunFailed) or not error.early or self.worked:
+    def after(self, outcome, keep_going: bool, sweep: bool) -> None:
+        """Take note of a run's outcome (a record or a :class:`RunFailed`); :class:`SweepStopped` when it is time."""
+        if not isinstance(outcome, RunFailed) or not outcome.early or self.worked:
             self.worked = True  # a run that did some work: later failures are not "the first runs"
             return
-        self.failures.append(error)
-        if (len(self.failures) >= STOP_AFTER and len({f.signature for f in self.failures}) == 1
-                and not OmegaConf.select(config, "keep_going", default=False)
-                and HydraConfig.get().mode == RunMode.MULTIRUN):
+        self.failures.append(outcome)
+        if len(self.failures) >= STOP_AFTER and len({f.signature for f in self.failures}) == 1 and sweep \
+                and not keep_going:
             folders = "".join(f"\n  {f.run_dir}" for f in self.failures if f.run_dir is not None)
             raise SweepStopped(
                 f"the first {len(self.failures)} runs of this sweep failed the same way before doing any work, "
                 f"so the sweep stops here (keep_going=true runs the rest anyway):\n{self.failures[0]}{folders}")
 
 
-class SweepStopped(CompactHydraException):
-    """A sweep stopped by :class:`SweepGuard`; the message is its summary."""
+#: The sweep this process runs (one per process: Hydra's basic launcher runs every run of a sweep here).
+SWEEP = SweepGuard()
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m repshift.run` executes this file as __main__; run the module imported as repshift.run, so that
+    # there is one SWEEP, and the RunFailed of a run is repshift.run.RunFailed wherever it is looked at
+    from repshift.run import main as run_main
+
+    run_main()
