@@ -320,6 +320,7 @@ class Run:
         cfg = self.cfg
         self.stage = EARLY_STAGES[2]
         log.info("building model=%s (%s)", HydraConfig.get().runtime.choices.get("model"), cfg.model.name)
+        torch.manual_seed(cfg.seed)  # random weights, the same on every rank and in every rerun
         model, weights = build(cfg)
         model.to(device).eval()
         evaluator = tasks.evaluator_of(cfg, model) if "evaluate" in todo else None
