@@ -61,7 +61,7 @@ test-cluster: install  ## SLURM tests on a one-node cluster started here (needs 
 
 status: install  ## one table of a sweep's runs (done/running/failed/missing): make status EXP=table5 [SMOKE=1]
 	@test -n "$(EXP)" || { echo "usage: make status EXP=<experiment> [SMOKE=1]; sweeps in $(OUTPUTS): $$(ls $(OUTPUTS) 2>/dev/null | tr '\n' ' ')"; exit 2; }
-	$(PY) -m repshift.status $(OUTPUTS)/$(EXP)
+	$(PY) -m repshift.status $(OUTPUTS) --experiment $(EXP)
 
 bench: install  ## throughput of base / pruned / static / attn DeiT-S (CPU; add ARGS="--device cuda" on a GPU)
 	$(PY) scripts/bench_patch.py $(ARGS)

@@ -240,14 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", help="a sweep's folder, e.g. outputs/table5 or outputs/smoke/table5; with "
                                           "--experiment, the outputs folder that holds it")
     parser.add_argument("--experiment", help="an experiment name: its folder under sweep_dir is the one its config "
-                                             "declares (experiment=fig1 writes into table2)")
+                                             "declares (experiment=fig1 writes into table2); a name that is no "
+                                             "experiment's is a folder name (experiment_name=custom)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
     sweep_dir = Path(args.sweep_dir)
     if args.experiment:
-        from repshift.configs import experiment_folder
+        from repshift.configs import experiment_folder, names
 
-        sweep_dir = sweep_dir / experiment_folder(args.experiment)
+        known = args.experiment in names("experiment")
+        sweep_dir = sweep_dir / (experiment_folder(args.experiment) if known else args.experiment)
     if not sweep_dir.is_dir():
         print(f"{sweep_dir}: no such sweep folder", file=sys.stderr)
         return 2

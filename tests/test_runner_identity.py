@@ -184,6 +184,12 @@ def test_status_of_a_folder_where_nothing_is_readable(tmp_path, capsys):
     assert "not JSON" in printed and "expected a JSON object, got list" in printed
 
 
+def test_status_finds_the_folder_an_experiment_writes_into(tmp_path, capsys):
+    make_record().write(tmp_path / "table2" / "model=umt_b")
+    assert status.main([str(tmp_path), "--experiment", "fig1"]) == 0  # fig1's runs land in table2's folder
+    assert f"{tmp_path / 'table2'}: 1 run: 1 done" in capsys.readouterr().out
+
+
 # --- training: force retrains, a resumed run says so ------------------------------------------
 
 
