@@ -191,8 +191,7 @@ def compress_model(model, cfg: DictConfig):
 
 def build(cfg: DictConfig):
     """``(model, weights)`` from the model config (its ``_target_`` names the builder)."""
-    config = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
-    return build_model(config)
+    return build_model(OmegaConf.to_container(cfg.model, resolve=True))
 
 
 # ------------------------------------------------------------------------------------------ the run folder

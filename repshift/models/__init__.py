@@ -32,8 +32,8 @@ from repshift.models import vim  # noqa: F401  (registers vim_t_midclstok with t
 #: ``model.family`` -> the module whose ``build(config)`` builds that family from its model config.
 FAMILY_BUILDERS = {"umt": "repshift.models.umt", "umt_qa": "repshift.models.umt_qa",
                    "efficientnet": "repshift.models.efficientnet"}
-#: Model-config keys read by the runner (bench, GMACs), not by a builder.
-RUNNER_KEYS = ("input_size", "unit")
+#: Model-config keys read by the runner (which builder, bench, GMACs), not by a builder.
+RUNNER_KEYS = ("_target_", "input_size", "unit")
 #: Model-config keys of the timm builder (a config without ``family``).
 TIMM_KEYS = ("name", "pretrained", "checkpoint", "kwargs", "unsafe_full_unpickle")
 
