@@ -228,3 +228,24 @@ def test_the_runner_side_reads_and_writes_run_records_only(module):
     assert "repshift.report" not in source  # no report module (results.py's dicts are gone from this side)
     if module in ("run.py", "status.py", "launchers.py", "identity.py"):
         assert "RunRecord" in source
+
+
+def test_the_slurm_launcher_plans_with_the_runners_identity(workdir):
+    """The submitting host works out each run's identity as the runner will; it cannot know the GPU a job gets,
+    so a result counts as finished when all but the GPU's name match, and never across CPU and GPU."""
+    from hydra.core.hydra_config import HydraConfig
+    from support import compose_run
+
+    from repshift.launchers import PlannedRun, _planned_identity
+
+    cpu = run_here(workdir, *BENCH, "experiment_name=planned", "device=cpu")
+    cfg = compose_run([f"paths.root_dir={workdir}", *BENCH, "experiment_name=planned", "device=cpu"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    planned = _planned_identity(cfg)
+    assert (planned.config, planned.inputs, planned.code) == (cpu.identity.config, cpu.identity.inputs, cpu.identity.code)
+    named = named_folder(workdir, *BENCH, "experiment_name=planned", "device=cpu")
+    assert PlannedRun([], 0, named, False, planned, gpu=False).finished() == named
+    assert PlannedRun([], 0, named, False, planned, gpu=True).finished() is None  # a GPU job: not this CPU result
+    other = planned.model_copy(update={"config": "0" * 64})
+    assert PlannedRun([], 0, named, False, other, gpu=False).finished() is None
