@@ -370,7 +370,7 @@ class Run:
             status.mark_failed(folder, f"{type(error).__name__}: {_first_line(error)}")
         where = f" (traceback in {folder / 'run.log'})" if folder is not None else ""
         early = self.stage in EARLY_STAGES
-        key = getattr(error, "key", None) or tuple(getattr(error, "keys", ()))
+        key = getattr(error, "key", None) or tuple(getattr(error, "problems", ()))  # InputError, ConfigError
         return RunFailed(f"run failed while {self.stage}: {type(error).__name__}: {error}{where}",
                          signature=(type(error).__name__, key or _first_line(error)), early=early, run_dir=folder)
 
