@@ -86,26 +86,45 @@ def test_a_failing_or_hanging_call_turns_wandb_off_with_one_warning(caplog):
         started = time.monotonic()
         logger.log_metrics({"train/loss": 0.25})
         assert time.monotonic() - started < 5 and logger.run is None
-    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+    assert [r.getMessage().split(";")[0] for r in caplog.records if r.name == "repshift.wandb"] == [
         "W&B logging failed (ConnectionResetError: Connection lost)", "W&B logging did not return within 0.5 s"]
 
 
-@pytest.mark.parametrize("api_key", [None, "0" * 40], ids=["no-key", "a-key"])
-def test_wandb_online_without_network_still_writes_the_result(tmp_path, api_key):
-    env = {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "HOME": str(tmp_path / "home"),
-           "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
-           "WANDB_DATA_DIR": str(tmp_path / "wandb-data"), "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
-    if api_key:
-        env["WANDB_API_KEY"] = api_key
+def offline_network(tmp_path) -> dict:
+    """W&B online, pointed at a closed port here, with a home, config and cache of the test's own."""
+    return {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "HOME": str(tmp_path / "home"),
+            "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+            "WANDB_DATA_DIR": str(tmp_path / "wandb-data"), "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
+
+
+def test_wandb_online_without_a_key_goes_offline_with_one_warning(tmp_path, monkeypatch, caplog):
+    for name, value in offline_network(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="repshift.wandb"):
+        logger = WandbLogger(dir=tmp_path / "run", init_timeout=4).start({"a": 1})
+    try:
+        assert logger.mode == "offline" and logger.run is not None
+        (warning,) = [r for r in caplog.records if r.name == "repshift.wandb"]
+        assert warning.getMessage().startswith("W&B online run could not start (UsageError")
+        logger.log_record(make_record())
+    finally:
+        logger.finish()
+    assert list((tmp_path / "run/wandb").glob("offline-run-*"))
+
+
+def test_wandb_online_without_network_still_writes_the_result(tmp_path):
+    """As a user runs it, with an API key: wandb.init times out (``logger.init_timeout``), the run goes on
+    offline and writes its result."""
     started = time.monotonic()
     proc = run(tmp_path, *QUICK, "task=[bench]", "logger=wandb", "logger.init_timeout=4", "experiment_name=wb",
-               env=env, check=False)
+               env={**offline_network(tmp_path), "WANDB_API_KEY": "0" * 40}, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     (path,) = (tmp_path / "outputs/smoke/wb").glob("*/result.json")
     assert RunRecord.read(path).bench.throughput > 0
     warnings = [line for line in output.splitlines() if "W&B" in line]
-    assert len(warnings) == 1 and "W&B online run could not start" in warnings[0], warnings
+    assert len(warnings) == 1 and "W&B online run could not start (CommError" in warnings[0], warnings
     assert "logging offline instead" in warnings[0]
     assert list((path.parent / "wandb").glob("offline-run-*"))  # it went on offline, in the run folder
     assert time.monotonic() - started < 300
