@@ -45,8 +45,10 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        head = "invalid run configuration" + (f" ({len(problems)} keys)" if len(problems) > 1 else "")
-        super().__init__(f"{head}:\n  " + "\n  ".join(problems))
+        if len(problems) == 1:
+            super().__init__(f"invalid run configuration: {problems[0]}")
+        else:
+            super().__init__(f"invalid run configuration ({len(problems)} keys):\n  " + "\n  ".join(problems))
 
 
 def check_folder_name(value: str, key: str = "experiment_name") -> str:
