@@ -278,6 +278,7 @@ class Run:
         check_merge_host(cfg)
         if "train" in todo:
             tasks.check_train_output(cfg)
+        method = recorded_method(cfg)  # said before any work when it is not the method asked for
         self.rank, world, local_rank = distributed.init_from_env()
         stack.callback(distributed.cleanup)
         device = resolve_device(cfg.device, local_rank)
@@ -306,7 +307,7 @@ class Run:
         logger = instantiate(cfg.logger) if self.rank == 0 else NullLogger()
         stack.callback(logger.finish)
         logger.start(config)
-        record = self.execute(todo, device, world, ident, logger)
+        record = self.execute(todo, device, world, ident, method, logger)
         if self.rank == 0:
             path = record.write(self.run_dir)
             status.clear_state(self.run_dir)
@@ -314,7 +315,8 @@ class Run:
             logger.log_record(record)
         return record
 
-    def execute(self, todo: list[str], device: torch.device, world: int, ident: Identity, logger) -> RunRecord:
+    def execute(self, todo: list[str], device: torch.device, world: int, ident: Identity, method: dict,
+                logger) -> RunRecord:
         """Build, load weights, compress, then train / evaluate / bench as asked; the run's record."""
         cfg = self.cfg
         self.stage = EARLY_STAGES[2]
@@ -342,7 +344,7 @@ class Run:
             "identity": ident.model_dump(),
             "experiment": cfg.experiment_name,
             "run_name": self.run_dir.name,
-            "method": recorded_method(cfg),
+            "method": method,
             "model": {"name": HydraConfig.get().runtime.choices.get("model"), "arch": cfg.model.name,
                       "family": model.repshift.family if patched else None},
             "metric": cfg.metric,
