@@ -305,9 +305,9 @@ def test_make_reproduce_table7_smoke(tmp_path):
     assert "Table 7" in out and "ToP-ViM" in out and "75.1" in out and "†" in out
     results = (json.loads(path.read_text()) for path in (outputs / "table7").rglob("result.json"))
     runs = {r["method"]["name"]: r for r in results}
-    assert set(runs) == {"base", "top-vim", "ours", "static"}
-    assert "tokens" not in runs["base"]
-    for name in ("top-vim", "ours", "static"):
+    assert set(runs) == {"base", "top_vim", "ours", "static"}
+    assert runs["base"]["tokens"] == []  # unpatched: no token counts
+    for name in ("top_vim", "ours", "static"):
         assert runs[name]["tokens"] == PRUNED_TOKENS and runs[name]["model"]["family"] == "vim"
         assert runs[name]["gmacs"] == pytest.approx(macs_by_hand(PRUNED_TOKENS) / 1e9)
     assert runs["base"]["gmacs"] == pytest.approx(macs_by_hand([197] * 24) / 1e9)
