@@ -161,7 +161,7 @@ def test_wandb_offline_run_lands_in_the_run_folder(workdir):
         (["smoke=on", "model=deit_s", "model.name=regnetx_002", "metric=attn", "task=[bench]"],
          "no repshift adapter supports RegNet"),
         ([*QUICK, "task=[predict]"], "unknown ['predict']"),
-        (["smoke=on", "model=tiny", "task=[evaluate]", "+model.kwargs.num_classes=0"],
+        (["smoke=on", "model=tiny", "task=[evaluate]", "model.kwargs.num_classes=0"],
          "runs the classification evaluator, which needs class logits"),
         ([*QUICK, "task=[train]", "model.checkpoint=/tmp/x.pth", "train.output=/tmp/x.pth"], "train.output=/tmp/x.pth is also model.checkpoint"),
     ],
