@@ -37,15 +37,15 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tabulate import tabulate
-from torchvision import tv_tensors
 from timm.data import ImageNetInfo
 
 import repshift
 from repshift import scores
 from repshift.bench import count_gmacs
 from repshift.data import real_photos
-from repshift.data.transforms import eval_transform
+from repshift.data.transforms import eval_geometry, eval_transform
 from repshift.evaluate.saliency import mask_agreement, patch_coverage
 from repshift.models import build_model
 from repshift.patch.timm_cnn import grid_sizes, scored_stages, split_stage, stage_name, stages
@@ -72,18 +72,18 @@ def label(n_photos: int, n_masked: Optional[int] = None) -> str:
 # ----------------------------------------------------------------------------------------------- inputs
 def load_inputs(model, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The photos through the model's evaluation transform ``[P, 3, 224, 224]``, and the masked ones'
-    foreground ``[224, 224]`` (1 on the object), moved by the same resize and crop (nearest-neighbour, as a
-    ``tv_tensors.Mask``)."""
+    foreground ``[224, 224]`` (fraction of each pixel covered), moved by the same resize and crop."""
     cfg = model.pretrained_cfg
     transform = eval_transform(cfg["input_size"][-1], crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"],
                                mean=cfg["mean"], std=cfg["std"])
+    geometry = eval_geometry(cfg["input_size"][-1], crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"])
     images, foregrounds = [], {}
     for name in names:
         if name in real_photos.MASKED:
             photo = real_photos.load_masked(name)
-            image, mask = transform(photo.image, tv_tensors.Mask(torch.from_numpy(photo.foreground.astype(np.uint8))[None]))
-            foregrounds[name] = mask[0].as_subclass(torch.Tensor).float()
-            images.append(image)
+            mask = geometry(Image.fromarray(photo.foreground.astype(np.uint8) * 255))
+            foregrounds[name] = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)
+            images.append(transform(photo.image))
         else:
             images.append(transform(real_photos.load_photo(name)))
     return torch.stack(images), foregrounds

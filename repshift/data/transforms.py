@@ -22,7 +22,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import InterpolationMode, v2
 
-__all__ = ["eval_transform", "train_transform", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD"]
+__all__ = ["eval_transform", "eval_geometry", "train_transform", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD"]
 
 
 def _check_crop_pct(crop_pct: float) -> float:
@@ -48,11 +48,16 @@ def eval_transform(
     Resize the shorter side to ``floor(img_size / crop_pct)`` with ``interpolation``, centre-crop to
     ``img_size``, to float in [0, 1], ``Normalize(mean, std)``. Defaults reproduce DeiT (resize 256 bicubic, crop 224).
     """
+    return v2.Compose([eval_geometry(img_size, crop_pct, interpolation), *_to_normalised_tensor(mean, std)])
+
+
+def eval_geometry(img_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bicubic") -> v2.Compose:
+    """The resize and centre crop of :func:`eval_transform` alone: what moves the pixels, for a soft mask (an
+    ``L`` image whose values are coverage fractions, resized with the image's interpolation)."""
     img_size = int(img_size)
     return v2.Compose([
         v2.Resize(math.floor(img_size / _check_crop_pct(crop_pct)), interpolation=InterpolationMode(interpolation)),
         v2.CenterCrop(img_size),
-        *_to_normalised_tensor(mean, std),
     ])
 
 
