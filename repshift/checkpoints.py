@@ -118,9 +118,8 @@ def foreign_globals(path: str | os.PathLike) -> Optional[list[str]]:
             if stream.tell() >= len(stream.getbuffer()):
                 break
             found |= _globals_of_one_pickle(stream)
-    except (ValueError, IndexError, KeyError, EOFError):  # not (or no longer) pickle opcodes
-        if not found:
-            return None
+    except (ValueError, IndexError, KeyError, EOFError):  # not a whole pickle: random bytes, a cut file
+        return None
     return sorted(found - _allowed_globals())
 
 
@@ -158,8 +157,8 @@ def _globals_of_one_pickle(stream: io.BytesIO) -> set[str]:
             recent.append(None)
         del recent[:-2]
         if name == "STOP":
-            break
-    return found
+            return found
+    raise ValueError("the pickle ends before its STOP opcode")
 
 
 def _allowed_globals() -> set[str]:

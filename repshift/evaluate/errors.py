@@ -16,8 +16,8 @@ def nothing_evaluated(dataset, *, total: int, skipped: int, unit: str) -> EmptyE
     if total == 0:
         why = f"the split holds no {unit} (an empty split or annotation list, or dataset.limit)"
     elif skipped >= total:
-        why = (f"all {total} {unit} were skipped as unreadable (dataset.skip_corrupt=true); run "
-               "`python -m repshift.data.check` on a video set, or replace the files")
+        check = "; `python -m repshift.data.check` lists the unreadable videos" if unit != "images" else ""
+        why = f"all {total} {unit} were skipped as unreadable (dataset.skip_corrupt=true){check}"
     else:
         why = f"{total} {unit}, {skipped} skipped as unreadable, none left to score"
     return EmptyEvaluationError(f"nothing was evaluated on {location(dataset)}: {why}. A run with no evaluated "
