@@ -25,9 +25,10 @@ from torchvision.transforms import v2
 from repshift import distributed
 from repshift.data.folder import SKIPPED_LABEL, CorruptImageError, ImageFolderDataset, _corrupt_message
 from repshift.data.folder import from_config
-from repshift.data.shapebench_generate import CLASSES, ensure
+# the generator's names, also reachable here for the callers of the former single module (reports, docs)
+from repshift.data.shapebench_generate import CLASSES, ensure, generate, is_complete, render
 
-__all__ = ["CLASSES", "ShapeBenchDataset", "load_mask", "build"]
+__all__ = ["CLASSES", "ShapeBenchDataset", "load_mask", "build", "ensure", "generate", "is_complete", "render"]
 
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:

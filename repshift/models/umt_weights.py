@@ -8,23 +8,19 @@ checks each shape before copying (an error names the key and both shapes) and re
 silently wrong. UMT's position table is analytic (not in the files), so nothing is ever resampled.
 
 Files are read by :func:`repshift.checkpoints.load_checkpoint` (no code runs from them unless the user opts in).
-This module knows the models by their attributes only; :mod:`repshift.models.umt` and
-:mod:`repshift.models.umt_qa` hold the architectures.
+This module knows the models by their state-dict keys and attributes only (it imports neither architecture,
+so both can import it); :mod:`repshift.models.umt` and :mod:`repshift.models.umt_qa` hold the architectures.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
 from repshift.checkpoints import check_switch, extract_state_dict, load_checkpoint
-
-if TYPE_CHECKING:
-    from repshift.models.umt import UMTRetrieval, UMTVision
-    from repshift.models.umt_qa import UMTQA
 
 log = logging.getLogger("repshift.models.umt_weights")
 
@@ -111,8 +107,8 @@ def load_mapped(model: nn.Module, mapped: dict[str, tuple[str, Tensor]], unexpec
 # ------------------------------------------------------------------------------------------ retrieval
 
 
-def load_official(model: "UMTVision | UMTRetrieval", checkpoint, *, unsafe_full_unpickle: bool = False) -> Loaded:
-    """Load the vision part of an official UMT retrieval checkpoint into ``model``.
+def load_official(model: nn.Module, checkpoint, *, unsafe_full_unpickle: bool = False) -> Loaded:
+    """Load the vision part of an official UMT retrieval checkpoint into ``model`` (a ``UMTVision``).
 
     A retrieval ``model`` (one with a ``text_encoder``) gets the whole checkpoint (:func:`load_official_retrieval`).
 
@@ -136,7 +132,7 @@ def load_official(model: "UMTVision | UMTRetrieval", checkpoint, *, unsafe_full_
     return load_mapped(model, mapped, unexpected, source)
 
 
-def load_official_retrieval(model: "UMTRetrieval", checkpoint, *, unsafe_full_unpickle: bool = False) -> Loaded:
+def load_official_retrieval(model: nn.Module, checkpoint, *, unsafe_full_unpickle: bool = False) -> Loaded:
     """Load a whole official UMT retrieval checkpoint (vision + text) into a :class:`~repshift.models.umt.UMTRetrieval`.
 
     As :func:`load_official`, plus ``text_encoder.*``, ``text_proj.*`` and ``itm_head.*``; a
@@ -192,7 +188,7 @@ def remap_pretrained(state: Mapping[str, Tensor], fusion_layer: int) -> dict[str
     return out
 
 
-def _check_text_width(state: Mapping[str, Tensor], model: "UMTQA", source: str) -> None:
+def _check_text_width(state: Mapping[str, Tensor], model: nn.Module, source: str) -> None:
     width = model.text_encoder.config.hidden_size
     found = state.get(_WORD_EMBEDDINGS)
     if found is not None and found.ndim == 2 and found.shape[1] != width:
@@ -205,7 +201,7 @@ def _check_text_width(state: Mapping[str, Tensor], model: "UMTQA", source: str) 
         )
 
 
-def load_official_qa(model: "UMTQA", checkpoint, *, unsafe_full_unpickle: bool = False) -> Loaded:
+def load_official_qa(model: nn.Module, checkpoint, *, unsafe_full_unpickle: bool = False) -> Loaded:
     """Load an official UMT QA checkpoint (or a pre-trained one, remapped) into a :class:`~repshift.models.umt_qa.UMTQA`.
 
     ``checkpoint``: a path (read by :func:`repshift.checkpoints.load_checkpoint`, no full unpickle unless asked)
@@ -251,7 +247,7 @@ def load_official_qa(model: "UMTQA", checkpoint, *, unsafe_full_unpickle: bool =
     return [key for key in missing if key not in TIED], unexpected
 
 
-def load_qa_vision(model: "UMTVision", checkpoint, *, unsafe_full_unpickle: bool = False) -> Loaded:
+def load_qa_vision(model: nn.Module, checkpoint, *, unsafe_full_unpickle: bool = False) -> Loaded:
     """The encoder of a QA file: ``vision_encoder.encoder.*``; the text side is expected and ignored."""
     state, source = state_dict_of(checkpoint, unsafe_full_unpickle)
     mapped, unexpected = {}, []
