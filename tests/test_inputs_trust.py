@@ -59,6 +59,7 @@ def test_a_symlink_loop_is_not_followed_and_each_image_keeps_its_own_class(tmp_p
     os.symlink("../n00/0.png", val / "n02" / "alias.png")  # an image of another class
     outside = _image(tmp_path / "elsewhere" / "extra.png").parent  # a link out of the split is data: followed
     os.symlink(outside, val / "n00" / "more")
+    os.symlink("n02", val / "n00_alias")  # a class folder that is another class's (sorts before it)
     ds = ImageFolderDataset(root, "val")
     assert len(ds) == 13
     assert len({p.resolve() for p, _ in ds.samples}) == 13  # each file once

@@ -180,8 +180,8 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped(workdir):
 
     Image.new("RGB", (64, 64), "red").save(root / "val/a/ok.JPEG")
     (root / "val/b/bad.JPEG").write_bytes(b"not a jpeg")
-    args = [*QUICK, "task=[evaluate]", "dataset=imagenet", f"dataset.root={root}", "dataset.generate=null",
-            "dataset.limit=null", "dataset.num_workers=0", "experiment_name=broken"]
+    args = [*QUICK, "model.kwargs.num_classes=2", "task=[evaluate]", "dataset=imagenet", f"dataset.root={root}",
+            "dataset.generate=null", "dataset.limit=null", "dataset.num_workers=0", "experiment_name=broken"]
     failed = run(workdir, *args, check=False)
     assert failed.returncode != 0 and "bad.JPEG" in failed.stdout + failed.stderr
     run(workdir, *args, "dataset.skip_corrupt=true")

@@ -95,6 +95,11 @@ def _scan_class(class_dir: Path, split_dir: Path, seen: set[str]) -> list[Path]:
     reached twice through links (``seen``: real paths walked so far) is read once. Both are logged.
     """
     split_real = os.path.realpath(split_dir)
+    real = os.path.realpath(class_dir)
+    if (os.path.islink(class_dir) and _inside(real, split_real)) or real in seen:
+        # a class folder linking to another class folder: those images belong to that class
+        log.warning("not reading %s: it is %s, a class folder of its own", class_dir, real)
+        return []
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
         seen.add(os.path.realpath(dirpath))
