@@ -48,7 +48,7 @@ def eval_transform(
     Resize the shorter side to ``floor(img_size / crop_pct)`` with ``interpolation``, centre-crop to
     ``img_size``, to float in [0, 1], ``Normalize(mean, std)``. Defaults reproduce DeiT (resize 256 bicubic, crop 224).
     """
-    return v2.Compose([eval_geometry(img_size, crop_pct, interpolation), *_to_normalised_tensor(mean, std)])
+    return v2.Compose([*eval_geometry(img_size, crop_pct, interpolation).transforms, *_to_normalised_tensor(mean, std)])
 
 
 def eval_geometry(img_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bicubic") -> v2.Compose:
