@@ -45,14 +45,14 @@ import repshift
 from repshift import scores
 from repshift.bench import count_gmacs
 from repshift.data import real_photos
-from repshift.data.transforms import eval_transform, mask_geometry
+from repshift.data.transforms import eval_geometry, eval_transform
 from repshift.evaluate.saliency import mask_agreement, patch_coverage
 from repshift.models import build_model
 from repshift.patch.timm_cnn import grid_sizes, scored_stages, split_stage, stage_name, stages
 from repshift.report.fig7 import draw, foreground_ratio
 from repshift.report.figures import to_uint8_image
 
-MODEL_CONFIG = {"family": "efficientnet", "name": "tf_efficientnet_lite0", "pretrained": True}
+MODEL_CONFIG = {"_target_": "repshift.models.efficientnet.build", "name": "tf_efficientnet_lite0", "pretrained": True}
 #: The pruning schedules: the paper's ResNet one (Table 6: 8 then 4 rows and columns at the two largest pruned
 #: grids) on Lite0's 56x56 and 28x28 stages, and one twice as strong.
 SCHEDULES = {"num=(8, 4)": ((1, 2), (8, 4)), "num=(16, 8)": ((1, 2), (16, 8))}
@@ -76,13 +76,12 @@ def load_inputs(model, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, to
     cfg = model.pretrained_cfg
     transform = eval_transform(cfg["input_size"][-1], crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"],
                                mean=cfg["mean"], std=cfg["std"])
+    geometry = eval_geometry(cfg["input_size"][-1], crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"])
     images, foregrounds = [], {}
     for name in names:
         if name in real_photos.MASKED:
             photo = real_photos.load_masked(name)
-            mask = Image.fromarray(photo.foreground.astype(np.uint8) * 255)
-            for op in mask_geometry(transform):
-                mask = op(mask)
+            mask = geometry(Image.fromarray(photo.foreground.astype(np.uint8) * 255))
             foregrounds[name] = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)
             images.append(transform(photo.image))
         else:

@@ -42,7 +42,7 @@ def build(model_name: str, device: str, which: list[str], frames: int = 12) -> d
         "static": dict(metric="none", attention="sdpa"),
         "attn": dict(metric="attn" if umt else "attn_cls", attention="eager"),
     }
-    spec = dict(family="umt", size=UMT_SIZES[model_name], num_frames=frames, part="vision") if umt else model_name
+    spec = dict(_target_="repshift.models.umt.build", size=UMT_SIZES[model_name], num_frames=frames, part="vision") if umt else model_name
     models = {}
     for name in which:
         torch.manual_seed(0)

@@ -7,6 +7,7 @@ from torch import nn
 
 from repshift import distributed as D
 from repshift.evaluate.classification import evaluate
+from repshift.evaluate.errors import EmptyEvaluationError
 
 from support import TORCHRUN_VARS, run_torchrun_workers
 
@@ -90,19 +91,21 @@ def test_extra_elements_and_tensor_labels_accepted():
     assert res["top5"] == pytest.approx(100 * 4 / 6)
 
 
-def test_top5_with_fewer_than_five_classes():
+def test_top5_with_fewer_than_five_classes_is_not_reported():
     table = torch.tensor([[3.0, 2, 1], [3.0, 2, 1], [3.0, 2, 1]])
     res = evaluate(LookupModel(table), ToyDataset([0, 2, 1]), batch_size=2, progress=False)
     assert res["top1"] == pytest.approx(100 / 3)
-    assert res["top5"] == 100.0  # top-min(5, 3) always contains the label
+    assert res["top5"] is None  # top-5 of 3 classes would contain every label: 100 % that means nothing
 
 
-def test_all_skipped_gives_nan():
+def test_all_skipped_is_an_error_naming_the_data():
     model, _ = hand_problem()
-    res = evaluate(model, ToyDataset([-1] * 7), batch_size=3, progress=False)
-    assert res["n"] == 0 and res["skipped"] == 7
-    assert math.isnan(res["top1"]) and math.isnan(res["top5"])
+    with pytest.raises(EmptyEvaluationError, match=r"nothing was evaluated on a ToyDataset of 7 samples: all 7 images "
+                                                   r"were skipped as unreadable \(dataset.skip_corrupt=true\)"):
+        evaluate(model, ToyDataset([-1] * 7), batch_size=3, progress=False)
     assert model.seen == []
+    with pytest.raises(EmptyEvaluationError, match="the split holds no images"):
+        evaluate(model, ToyDataset([]), batch_size=3, progress=False)
 
 
 def test_eval_mode_inference_mode_and_restores_training():
@@ -137,9 +140,9 @@ def test_real_linear_model_under_bfloat16_autocast():
             return x[i], labels[i]
 
     res = evaluate(model, DS(), batch_size=8, progress=False)
-    assert res == {"top1": 100.0, "top5": 100.0, "n": 20, "skipped": 0}
+    assert res == {"top1": 100.0, "top5": None, "n": 20, "skipped": 0}  # 4 classes: no top-5
     res16 = evaluate(model, DS(), batch_size=8, progress=False, amp_dtype=torch.bfloat16)
-    assert res16["n"] == 20 and res16["top5"] == 100.0 and res16["top1"] >= 85.0
+    assert res16["n"] == 20 and res16["top5"] is None and res16["top1"] >= 85.0
 
 
 # ---------------------------------------------------------------- distributed helpers

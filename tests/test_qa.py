@@ -14,7 +14,7 @@ from repshift.data import synthetic_video
 from repshift.data.video_qa import VideoQADataset, load_answer_list, load_qa_annotations
 from repshift.data.video_text import AnnotationError, SKIPPED_INDEX
 from repshift.evaluate.qa import evaluate_qa, qa_accuracy
-from repshift.models import build_model, umt, umt_qa
+from repshift.models import build_model, umt, umt_qa, umt_weights
 from repshift.report.results import RunResult
 from repshift.report.video_tables import build_table4
 
@@ -87,7 +87,7 @@ def test_decoder_self_attention_is_causal():
 def test_official_keys_load_strictly_and_reproduce_the_outputs(tmp_path):
     source, target = tiny_qa(seed=0), tiny_qa(seed=1)
     state = official_state(source)
-    missing, unexpected = umt_qa.load_official_qa(target, state)
+    missing, unexpected = umt_weights.load_official_qa(target, state)
     assert (missing, unexpected) == ([], [])
     video, (ids, mask) = clip(), source.tokenize(["what colour is it", "where does it go"], 25)
     answers = source.tokenize_answers(ANSWERS, 5)
@@ -97,7 +97,7 @@ def test_official_keys_load_strictly_and_reproduce_the_outputs(tmp_path):
     assert torch.equal(expected[0], got[0]) and torch.allclose(expected[1], got[1])
 
     # the config path: a file with the official keys loads; one more or one less key is an error
-    config = {"family": "umt_qa", "name": "umt_tiny_qa", "size": "b", "num_frames": 2, "part": "qa",
+    config = {"_target_": "repshift.models.umt_qa.build", "name": "umt_tiny_qa", "size": "b", "num_frames": 2, "part": "qa",
               "pretrained": False, "tokenizer": "tiny", "vision": VISION, "text": TEXT, "input_size": [2, 3, 32, 32],
               "unit": "vid/s"}
     path = tmp_path / "qa.pth"
@@ -122,20 +122,20 @@ def test_tied_decoder_weights_may_come_under_either_name_but_must_agree():
     state = official_state(source)
     del state["text_decoder.bert.embeddings.word_embeddings.weight"], state["text_decoder.cls.predictions.bias"]
     target = tiny_qa(seed=1)
-    assert umt_qa.load_official_qa(target, state) == ([], [])
+    assert umt_weights.load_official_qa(target, state) == ([], [])
     assert torch.equal(target.text_decoder.bert.embeddings.word_embeddings.weight,
                        source.text_decoder.bert.embeddings.word_embeddings.weight)
     state = official_state(source)
     state["text_decoder.cls.predictions.decoder.bias"] = state["text_decoder.cls.predictions.bias"] + 1
     with pytest.raises(ValueError, match="decoder.bias differs from text_decoder.cls.predictions.bias"):
-        umt_qa.load_official_qa(tiny_qa(), state)
+        umt_weights.load_official_qa(tiny_qa(), state)
 
 
 def test_a_bert_large_file_is_refused_by_a_base_sized_model():
     state = official_state(tiny_qa())
     state["text_encoder.embeddings.word_embeddings.weight"] = torch.zeros(128, 1024)
     with pytest.raises(ValueError, match=r"1024 wide, BERT-large \(UMT-L\).*model=umt_b_qa or umt_l_qa"):
-        umt_qa.load_official_qa(tiny_qa(), state)
+        umt_weights.load_official_qa(tiny_qa(), state)
 
 
 def test_a_pretrained_file_initialises_the_decoder_from_the_fusion_layers():
@@ -156,7 +156,7 @@ def test_a_pretrained_file_initialises_the_decoder_from_the_fusion_layers():
                   "text_proj.weight": torch.zeros(8, 16), "itm_head.weight": torch.zeros(2, 16),
                   "temp": torch.ones(())})
     target = tiny_qa(seed=1)
-    assert umt_qa.load_official_qa(target, state) == ([], [])
+    assert umt_weights.load_official_qa(target, state) == ([], [])
     for i in range(2):  # decoder layer i = encoder layer fusion_layer + i
         assert torch.equal(target.text_decoder.bert.encoder.layer[i].output.dense.weight,
                            source.text_encoder.encoder.layer[1 + i].output.dense.weight)

@@ -18,7 +18,7 @@ from repshift.data import real_photos
 from repshift.models import build_model, efficientnet
 from support import ROOT
 
-LITE0 = {"family": "efficientnet", "name": "tf_efficientnet_lite0", "pretrained": False}
+LITE0 = {"_target_": "repshift.models.efficientnet.build", "name": "tf_efficientnet_lite0", "pretrained": False}
 
 
 def real_packages_missing() -> list[str]:

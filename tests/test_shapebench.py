@@ -13,8 +13,10 @@ import torch
 from PIL import Image
 
 from repshift.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, eval_transform, train_transform
-from repshift.data import shapebench as sb
-from repshift.data.shapebench import CLASSES, ShapeBenchDataset, ensure, generate, is_complete, load_mask
+from repshift.data import shapebench_generate as sb
+from repshift.data.folder import CorruptImageError
+from repshift.data.shapebench import ShapeBenchDataset, load_mask
+from repshift.data.shapebench_generate import CLASSES, ensure, generate, is_complete
 
 N_TRAIN, N_VAL = 2, 3
 
@@ -192,9 +194,13 @@ def test_mask_follows_resize_crop_and_flip(bench, tmp_path, make):
     for i in range(len(ds)):
         for _ in range(2):
             img, _, mask = ds[i]
-            as_mask = _denorm_uint8(img)[..., 0] >= 128
-            agree = (as_mask == mask.numpy().astype(bool)).mean()
-            assert agree > 0.999, (i, agree)
+            as_mask = torch.from_numpy(_denorm_uint8(img)[..., 0] >= 128)
+            # the image is resized bicubic, its mask nearest-neighbour: they may differ only next to an edge (a crop
+            # or flip that missed the mask would leave whole regions wrong)
+            grown = torch.nn.functional.max_pool2d(mask[None, None], 3, 1, 1)[0, 0]
+            shrunk = -torch.nn.functional.max_pool2d(-mask[None, None], 3, 1, 1)[0, 0]
+            wrong = as_mask != mask.bool()
+            assert not (wrong & (grown == shrunk)).any(), (i, int((wrong & (grown == shrunk)).sum()))
 
 
 def test_skip_corrupt_in_shapebench(bench, tmp_path):
@@ -204,7 +210,7 @@ def test_skip_corrupt_in_shapebench(bench, tmp_path):
     bad.write_bytes(b"garbage")
     ds = ShapeBenchDataset(root, "val", transform=eval_transform(crop_pct=1.0))
     idx = [p for p, _ in ds.samples].index(bad)
-    with pytest.raises(sb.CorruptImageError, match="star_00001.png"):
+    with pytest.raises(CorruptImageError, match="star_00001.png"):
         ds[idx]
     ds.skip_corrupt = True
     img, label, mask = ds[idx]
@@ -250,13 +256,19 @@ def test_cli(tmp_path, capsys):
     assert "wrote 16 images" in out and str(root.resolve()) in out
     assert sb.main(args) == 0
     assert "already complete" in capsys.readouterr().out
+    # the command the Makefile and the README give, on the dataset module's name
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "repshift.data.shapebench", *args], capture_output=True, text=True)
+    assert proc.returncode == 0 and "already complete" in proc.stdout, proc.stderr
 
 
 def test_concurrent_runs_generate_the_folder_once(tmp_path):
     """Two runs of a sweep starting together on one folder: one generates, the other waits and reuses it."""
     import threading
 
-    from repshift.data import shapebench
+    from repshift.data import shapebench_generate as shapebench
 
     calls = []
     original = shapebench.generate

@@ -176,7 +176,7 @@ def test_wandb_offline_run_lands_in_the_run_folder(workdir):
         (["smoke=on", "model=deit_s", "model.name=regnetx_002", "metric=attn", "task=[bench]"],
          "no repshift adapter supports RegNet"),
         ([*QUICK, "task=[predict]"], "task[0]='predict': expected one of 'train', 'evaluate' or 'bench'"),
-        (["smoke=on", "model=tiny", "task=[evaluate]", "+model.kwargs.num_classes=0"],
+        (["smoke=on", "model=tiny", "task=[evaluate]", "model.kwargs.num_classes=0"],
          "runs the classification evaluator, which needs class logits"),
         ([*QUICK, "task=[train]", "model.checkpoint=/tmp/x.pth", "train.output=/tmp/x.pth"], "train.output=/tmp/x.pth is also model.checkpoint"),
     ],
@@ -195,8 +195,8 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped(workdir):
 
     Image.new("RGB", (64, 64), "red").save(root / "val/a/ok.JPEG")
     (root / "val/b/bad.JPEG").write_bytes(b"not a jpeg")
-    args = [*QUICK, "task=[evaluate]", "dataset=imagenet", f"dataset.root={root}", "dataset.generate=null",
-            "dataset.limit=null", "dataset.num_workers=0", "experiment_name=broken"]
+    args = [*QUICK, "model.kwargs.num_classes=2", "task=[evaluate]", "dataset=imagenet", f"dataset.root={root}",
+            "dataset.generate=null", "dataset.limit=null", "dataset.num_workers=0", "experiment_name=broken"]
     failed = run(workdir, *args, check=False)
     assert failed.returncode != 0 and "bad.JPEG" in failed.stdout + failed.stderr
     run(workdir, *args, "dataset.skip_corrupt=true")

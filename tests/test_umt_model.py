@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertModel
 
 from repshift.configs import CONFIG_DIR
-from repshift.models import RUNNER_KEYS, build_model, umt
+from repshift.models import RUNNER_KEYS, build_model, umt, umt_weights
 from repshift.models.umt_text import load_tokenizer, write_vocab
 
 CONFIGS = CONFIG_DIR / "model"
@@ -141,7 +141,7 @@ def test_full_size_vision_keys_match_the_official_names_and_shapes(size, width, 
     official = official_vision_keys(width, depth, proj_dim)
     mapped = {}
     for key, shape in official.items():
-        own = umt._vision_key(key)
+        own = umt_weights.vision_key(key)
         assert own is not None, key
         mapped[own] = shape
     own_shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
@@ -164,14 +164,14 @@ def test_tiny_official_checkpoint_loads_strictly_and_filters_unused_keys(tmp_pat
     path = tmp_path / "ret_tiny.pth"
     torch.save({"model": state, "epoch": 3}, path)
     model = tiny_vision()
-    missing, unexpected = umt.load_official(model, path)
+    missing, unexpected = umt_weights.load_official(model, path)
     assert (missing, unexpected) == ([], [])
     own = model.state_dict()
     assert torch.equal(own["blocks.1.attn.q_bias"], state["vision_encoder.encoder.blocks.1.attn.q_bias"])
     assert torch.equal(own["pool_norm.weight"], state["vision_encoder.pool_norm.weight"])
     assert torch.equal(own["vision_proj.bias"], state["vision_proj.bias"])
     # An already loaded raw state dict works the same.
-    assert umt.load_official(tiny_vision(), state) == ([], [])
+    assert umt_weights.load_official(tiny_vision(), state) == ([], [])
 
 
 def test_load_official_reports_missing_and_unknown_keys():
@@ -179,7 +179,7 @@ def test_load_official_reports_missing_and_unknown_keys():
     del state["vision_encoder.pool_norm.weight"]  # a QA checkpoint has no pool_norm
     state["vision_encoder.encoder.blocks.0.attn.k_bias"] = torch.zeros(64)
     state["some_head.weight"] = torch.zeros(2)
-    missing, unexpected = umt.load_official(tiny_vision(), state)
+    missing, unexpected = umt_weights.load_official(tiny_vision(), state)
     assert missing == ["pool_norm.weight"]
     assert unexpected == ["some_head.weight", "vision_encoder.encoder.blocks.0.attn.k_bias"]
 
@@ -188,21 +188,21 @@ def test_load_official_wrong_shape_names_the_key_and_both_shapes():
     state = tiny_official_state()
     state["vision_encoder.encoder.blocks.1.mlp.fc1.weight"] = torch.zeros(200, 64)
     with pytest.raises(ValueError, match=r"blocks\.1\.mlp\.fc1\.weight has shape \(200, 64\).*expects \(256, 64\)"):
-        umt.load_official(tiny_vision(), state)
+        umt_weights.load_official(tiny_vision(), state)
 
 
 def test_load_official_rejects_a_file_without_a_state_dict(tmp_path):
     path = tmp_path / "bad.pth"
     torch.save({"epoch": 3}, path)
     with pytest.raises(ValueError, match="holds no state dict"):
-        umt.load_official(tiny_vision(), path)
+        umt_weights.load_official(tiny_vision(), path)
 
 
 def test_retrieval_checkpoint_loads_vision_and_text_strictly():
     state = tiny_official_state()
     model = tiny_retrieval()
-    assert umt.load_official_retrieval(model, {"model": state}) == ([], [])
-    assert umt.load_official(tiny_retrieval(), state) == ([], [])  # the retrieval model takes everything
+    assert umt_weights.load_official_retrieval(model, {"model": state}) == ([], [])
+    assert umt_weights.load_official(tiny_retrieval(), state) == ([], [])  # the retrieval model takes everything
     own = model.state_dict()
     key = "text_encoder.encoder.layer.3.crossattention.self.key.weight"
     assert torch.equal(own[key], state[key])
@@ -216,7 +216,7 @@ def test_pretrained_checkpoint_bert_prefix_is_removed():
                for k, v in state.items()}
     renamed["text_encoder.cls.predictions.bias"] = torch.zeros(128)
     model = tiny_retrieval()
-    assert umt.load_official_retrieval(model, renamed) == ([], [])
+    assert umt_weights.load_official_retrieval(model, renamed) == ([], [])
     key = "text_encoder.embeddings.word_embeddings.weight"
     assert torch.equal(model.state_dict()[key], state[key])
 
@@ -449,7 +449,7 @@ def test_fusion_width_must_match_the_video_width():
 
 def test_tiny_config_builds_a_working_random_model():
     config = yaml.safe_load((CONFIGS / "umt_tiny.yaml").read_text())
-    model, weights = build_model(config)  # the runner's entry: family umt -> umt.build
+    model, weights = build_model(config)  # the runner's entry: _target_ repshift.models.umt.build
     assert weights == {"real": False, "source": "random-init"}
     ids, mask = model.tokenize(["a person is cooking"], max_length=32)
     video = torch.randn(1, config["num_frames"], 3, 224, 224)
@@ -465,7 +465,8 @@ def test_tiny_config_builds_a_working_random_model():
 @pytest.mark.parametrize("name,size", [("umt_b", "b"), ("umt_l", "l")])
 def test_full_configs_name_their_size_and_tokenizer(name, size):
     config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    assert set(config) - set(RUNNER_KEYS) <= umt.CONFIG_KEYS
+    assert set(config) - set(RUNNER_KEYS) - {"_target_"} <= umt_weights.CONFIG_KEYS
+    assert config["_target_"] == "repshift.models.umt.build"
     assert config["unit"] == "vid/s" and config["input_size"][1:] == [3, 224, 224]
     assert config["size"] == size and config["num_frames"] == 12 and config["family"] == "umt"
     assert config["tokenizer"] == f"bert-{'base' if size == 'b' else 'large'}-uncased"

@@ -199,17 +199,23 @@ def test_gmacs_of_umt_b_count_what_the_paper_counts_but_layernorm():
     assert expected + 25 * n * c * 5 / 1e9 == pytest.approx(303.3, abs=0.06)
 
 
-def test_build_model_dispatches_on_family():
-    config = {"family": "umt", "name": "umt_b16", "size": "b", "num_frames": 4, "part": "vision",
-              "pretrained": False, "checkpoint": None, "vision": SMALL_UMT, "input_size": [4, 3, 32, 32], "unit": "vid/s"}
+def test_build_model_builds_the_target():
+    config = {"_target_": "repshift.models.umt.build", "name": "umt_b16", "size": "b", "num_frames": 4,
+              "part": "vision", "pretrained": False, "checkpoint": None, "vision": SMALL_UMT, "input_size": [4, 3, 32, 32],
+              "unit": "vid/s"}
     model, weights = build_model(config)
     assert isinstance(model, umt.UMTVision) and weights == {"real": False, "source": "random-init"}
-    timm_config = {"name": "vit_tiny_patch16_224", "pretrained": False, "checkpoint": None,
-                   "kwargs": {"embed_dim": 16, "depth": 1, "num_heads": 1}, "input_size": [3, 224, 224],
-                   "unit": "img/s", "unsafe_full_unpickle": False}
+    timm_config = {"_target_": "repshift.models.build_timm", "name": "vit_tiny_patch16_224", "pretrained": False,
+                   "checkpoint": None, "kwargs": {"embed_dim": 16, "depth": 1, "num_heads": 1},
+                   "input_size": [3, 224, 224], "unit": "img/s", "unsafe_full_unpickle": False}
     assert type(build_model(timm_config)[0]).__name__ == "VisionTransformer"
-    with pytest.raises(ValueError, match="family='convnet' is unknown"):
-        build_model({**config, "family": "convnet"})
+    with pytest.raises(ValueError, match="the model config has no _target_"):
+        build_model({k: v for k, v in config.items() if k != "_target_"})
+    with pytest.raises(ValueError, match=r"model._target_='os.system': a model is built by a function under "
+                                         r"repshift.models. only"):
+        build_model({**config, "_target_": "os.system"})
+    with pytest.raises(ValueError, match=r"model._target_=repshift.models.umt.nothing: no such function"):
+        build_model({**config, "_target_": "repshift.models.umt.nothing"})
     with pytest.raises(ValueError, match=r"unknown model config keys \['kwarg'\]"):
         build_model({**timm_config, "kwarg": {}})
 

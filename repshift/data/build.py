@@ -1,52 +1,47 @@
-"""From a ``dataset`` config node to a dataset: the one place the runner builds data."""
-from __future__ import annotations
+"""From a ``dataset`` config node to a dataset: the one place the runner builds data.
 
-from pathlib import Path
+A dataset config names its builder in ``_target_`` (a function under ``repshift.data.``), called as
+``builder(cfg, split, training)``:
+
+- ``repshift.data.folder.build``: an ImageNet-layout image folder (``imagenet``);
+- ``repshift.data.shapebench.build``: ShapeBench, generated under ``root`` on first use (``synthetic``);
+- ``repshift.data.video_text.build``: a video-text retrieval set in UMT's annotation format (writing the
+  synthetic clips first when ``generate`` is set);
+- ``repshift.data.video_qa.build``: a video QA set in UMT's format.
+"""
+from __future__ import annotations
 
 from torch.utils.data import Dataset, Subset
 
-from repshift.data.folder import ImageFolderDataset
-from repshift.data.transforms import eval_transform, train_transform
-from repshift import distributed
+from repshift.targets import target_of
 
 
 def build_dataset(cfg, split: str, training: bool = False) -> Dataset:
-    """``cfg`` is the ``dataset`` config group (root, split, img_size, crop_pct, generate, limit, ...).
+    """The dataset ``cfg`` (the ``dataset`` config node) describes, for ``split``; ``training`` asks for the
+    training transform (image sets; video sets are evaluation only)."""
+    return target_of(cfg, section="repshift.data.", what="dataset")(cfg, split, training)
 
-    A config with ``answer_list`` is a video QA set in UMT's format
-    (:meth:`repshift.data.video_qa.VideoQADataset.from_config`; SMOKE writes synthetic QA files first).
-    A config with ``anno_files`` is a video-text retrieval set in UMT's annotation format
-    (:meth:`repshift.data.video_text.VideoTextRetrievalDataset.from_config`, which also writes the
-    synthetic clips of ``synthetic_video`` on first use). Otherwise it is an image folder; one with
-    ``generate`` set is ShapeBench: it is generated under ``root`` on first use (by rank 0 under
-    torchrun, the others wait). ``limit`` keeps N images spread evenly over the split, so a quick
-    check still sees every class.
-    """
-    if cfg.get("answer_list"):
-        from repshift.data.video_qa import VideoQADataset
 
-        return VideoQADataset.from_config(cfg, split)
-    if cfg.get("anno_files"):
-        from repshift.data.video_text import VideoTextRetrievalDataset
+def check_limit(limit) -> int | None:
+    """``dataset.limit`` as a count: ``None`` (every sample) or a positive int; anything else is an error."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"dataset.limit={limit!r}: give a positive number of samples, or null for all of them")
+    return limit
 
-        return VideoTextRetrievalDataset.from_config(cfg, split)
-    root = Path(cfg.root)
-    if cfg.generate:
-        from repshift.data import shapebench
 
-        if distributed.is_main():
-            shapebench.ensure(root, **cfg.generate, img_size=cfg.img_size)
-        distributed.barrier()
-    transform = (
-        train_transform(cfg.img_size)
-        if training
-        else eval_transform(cfg.img_size, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
-    )
-    dataset = ImageFolderDataset(root, split, transform, skip_corrupt=cfg.skip_corrupt, image_size=cfg.img_size)
-    if cfg.limit and not training and cfg.limit < len(dataset):
-        step = len(dataset) / cfg.limit
-        dataset = Subset(dataset, [int(i * step) for i in range(cfg.limit)])
-    return dataset
+def location(dataset) -> str:
+    """Where a dataset's samples come from, for error messages: the split folder of an image folder, the
+    annotation file (and video folder) of a video set; also through ``Subset`` wrappers."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    if getattr(dataset, "anno_path", None) is not None:
+        videos = getattr(dataset, "video_dir", None)
+        return f"{dataset.anno_path}" + (f" (videos in {videos})" if videos is not None else "")
+    if getattr(dataset, "root", None) is not None:
+        return f"dataset.root={dataset.root} (split {getattr(dataset, 'split', '?')})"
+    return f"a {type(dataset).__name__} of {len(dataset)} samples"
 
 
 def describe_dataset(cfg, dataset: Dataset) -> dict:

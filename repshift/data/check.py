@@ -4,7 +4,8 @@ Retrieval sets (``evaluator: retrieval``) and video QA sets (``evaluator: qa``, 
 For every split in ``dataset.anno_files`` (or only ``dataset.split`` with ``--split-only``): the annotation file is
 found and parses in UMT's schema (a QA set's answer list too; its "texts" are its questions), and every video it
 references is present and decodes (the sampled frames are
-read with ``dataset.video_reader``, as the evaluation will). Prints per split the entries, videos, texts, and
+read with ``dataset.video_reader``, as the evaluation will; a file holding fewer frames than its container claims,
+such as a truncated download, is unreadable whatever the reader). Prints per split the entries, videos, texts, and
 which videos are missing or unreadable, then exits 0 when everything is there, 1 when something is missing or
 unreadable, 2 when the configuration itself is wrong.
 
@@ -124,7 +125,10 @@ def check_split(cfg: DictConfig, split: str, *, decode: bool = True, workers: in
     paths = [str(Path(cfg.video_dir) / v) for v in videos]
     present = []
     for path in paths:
-        (present if os.path.isfile(path) else report.missing).append(path)
+        if os.path.isdir(path):
+            report.unreadable.append((path, "a directory, not a video file"))
+        else:
+            (present if os.path.isfile(path) else report.missing).append(path)
     if decode and present:
         loader = ClipLoader(num_frames=cfg.num_frames, img_size=cfg.img_size, sampling=cfg.sampling,
                             trimmed30=cfg.get("trimmed30", False), reader=cfg.video_reader)
@@ -133,7 +137,7 @@ def check_split(cfg: DictConfig, split: str, *, decode: bool = True, workers: in
             from tqdm.auto import tqdm
 
             probes = tqdm(probes, total=len(present), desc=f"decode {split}")
-        report.unreadable = [(present[i], why) for i, why in probes if why is not None]
+        report.unreadable += [(present[i], why) for i, why in probes if why is not None]
     return report
 
 

@@ -2,7 +2,9 @@
 
 Classes are the sorted sub-folder names of ``<root>/<split>``; a class's index is its position in that sorted
 list (for ImageNet the ``n0xxxxxxx`` synset folders sort into the standard 1000-class order). Samples are sorted
-by path so that indices are reproducible across machines.
+by path so that indices are reproducible across machines. Symbolic links to folders elsewhere are followed; a link
+back into the split (a loop such as ``val/n02/loop -> ..``) is not, so each image is read once, under its own
+class folder.
 
 A file that cannot be decoded raises :class:`CorruptImageError` naming it; with ``skip_corrupt=True`` the dataset
 returns ``(zeros shaped like a transformed image, -1)`` instead, and label ``-1`` tells the evaluator to exclude
@@ -11,6 +13,7 @@ and count the sample.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -18,8 +21,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import Subset
 
-__all__ = ["IMG_EXTENSIONS", "SKIPPED_LABEL", "CorruptImageError", "ImageFolderDataset", "load_rgb"]
+from repshift.data.build import check_limit
+from repshift.data.transforms import eval_transform, train_transform
+
+__all__ = ["IMG_EXTENSIONS", "SKIPPED_LABEL", "CorruptImageError", "ImageFolderDataset", "load_rgb", "build", "from_config", "class_names"]
+
+log = logging.getLogger("repshift.data.folder")
 
 #: File name endings accepted as images (compared case-insensitively; ImageNet val uses ``.JPEG``).
 IMG_EXTENSIONS: tuple[str, ...] = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
@@ -74,11 +83,45 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
-def _scan_class(class_dir: Path) -> list[Path]:
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _scan_class(class_dir: Path, split_dir: Path, seen: set[str]) -> list[Path]:
+    """The images under ``class_dir``, following symbolic links to folders outside the split only.
+
+    A link to the split folder, to one of its ancestors or to anything inside it (``val/n02/loop -> ..``) is not
+    followed: what it points at is read once, under its own class folder, or is not part of the split. A folder
+    reached twice through links (``seen``: real paths walked so far) is read once. Both are logged.
+    """
+    split_real = os.path.realpath(split_dir)
+    real = os.path.realpath(class_dir)
+    if (os.path.islink(class_dir) and _inside(real, split_real)) or real in seen:
+        # a class folder linking to another class folder: those images belong to that class
+        log.warning("not reading %s: it is %s, a class folder of its own", class_dir, real)
+        return []
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in filenames if _is_image(f) and not f.startswith("."))
+        seen.add(os.path.realpath(dirpath))
+        kept = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            link = os.path.join(dirpath, name)
+            if os.path.islink(link):
+                target = os.path.realpath(link)
+                if _inside(target, split_real) or _inside(split_real, target) or target in seen:
+                    log.warning("not following %s -> %s: it leads back into %s or to a folder already read",
+                                link, target, split_dir)
+                    continue
+            kept.append(name)
+        dirnames[:] = kept
+        for name in filenames:
+            if not _is_image(name) or name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) and _inside(os.path.realpath(path), split_real):
+                log.warning("skipping %s: a link to an image of the split, read under its own folder", path)
+                continue
+            found.append(Path(path))
     return sorted(found)
 
 
@@ -129,8 +172,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 f"dataset.root={self.root}: '{self.split}/' contains no class folders. " + _layout_hint(self.root, self.split)
             )
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
+        seen: set[str] = set()
         self.samples: list[tuple[Path, int]] = [
-            (p, idx) for c, idx in self.class_to_idx.items() for p in _scan_class(split_dir / c)
+            (p, idx) for c, idx in self.class_to_idx.items() for p in _scan_class(split_dir / c, split_dir, seen)
         ]
         if not self.samples:
             raise FileNotFoundError(
@@ -181,3 +225,37 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "
             f"n={len(self)}, classes={len(self.classes)}, skip_corrupt={self.skip_corrupt})"
         )
+
+
+def build(cfg, split: str, training: bool = False) -> torch.utils.data.Dataset:
+    """An existing image folder from its ``dataset`` config node (``_target_: repshift.data.folder.build``);
+    see :func:`from_config`."""
+    if cfg.get("generate"):
+        raise ValueError(f"dataset {cfg.name}: dataset.generate is set, but {cfg.get('_target_')} reads an existing folder; "
+                         "ShapeBench is generated by _target_: repshift.data.shapebench.build")
+    return from_config(cfg, split, training)
+
+
+def from_config(cfg, split: str, training: bool = False) -> torch.utils.data.Dataset:
+    """The ``split`` of the image folder at ``cfg.root``.
+
+    ``training``: the training transform, every image; otherwise the evaluation transform (``img_size``,
+    ``crop_pct``, ``interpolation``) and, with ``limit``, that many images spread evenly over the split (a
+    ``Subset``), so a quick check still sees every class.
+    """
+    limit = check_limit(cfg.get("limit"))
+    transform = (train_transform(cfg.img_size) if training
+                 else eval_transform(cfg.img_size, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation))
+    dataset = ImageFolderDataset(cfg.root, split, transform, skip_corrupt=cfg.skip_corrupt, image_size=cfg.img_size)
+    if limit and not training and limit < len(dataset):
+        step = len(dataset) / limit
+        dataset = Subset(dataset, [int(i * step) for i in range(limit)])
+    return dataset
+
+
+def class_names(dataset) -> list[str] | None:
+    """The class names of an image folder, also through ``Subset`` wrappers; None for a dataset without classes."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    classes = getattr(dataset, "classes", None)
+    return list(classes) if classes is not None else None

@@ -1,24 +1,28 @@
 """Image transforms: the DeiT evaluation pipeline and a light training pipeline for ShapeBench.
 
-Both are built with ``timm.data.create_transform`` so they match what timm models were evaluated with.
+Both are torchvision ``transforms.v2`` pipelines, so a mask given beside the image as a
+:class:`torchvision.tv_tensors.Mask` goes through the same resize / crop / flip with the same random parameters
+(nearest-neighbour for the mask, and no photometric op or normalisation): ``image, mask = t(image, Mask(m))``.
 
-* :func:`eval_transform` - resize the shorter side to ``floor(img_size / crop_pct)`` (bicubic), centre-crop
-  ``img_size``, convert to a tensor and normalise. With the defaults this is DeiT's evaluation: resize 256,
-  crop 224. With ``crop_pct=1.0`` and an input that is already ``img_size`` square the resize and the crop are
-  identities, so every pixel stays where it was: ShapeBench is evaluated that way, which keeps its ground-truth
-  masks aligned with the 16x16 patch grid.
+* :func:`eval_transform` - resize the shorter side to ``floor(img_size / crop_pct)``, centre-crop ``img_size``,
+  convert to a float tensor and normalise: what ``timm.data.create_transform(is_training=False)`` builds, to float
+  rounding. With the defaults this is DeiT's evaluation: resize 256 (bicubic), crop 224. With ``crop_pct=1.0`` and
+  an input that is already ``img_size`` square the resize and the crop are identities, so every pixel stays where
+  it was: ShapeBench is evaluated that way, which keeps its ground-truth masks aligned with the 16x16 patch grid.
 * :func:`train_transform` - random-resized-crop with a small zoom range and near-square aspect, a horizontal
-  flip, then tensor + normalise. No colour jitter by default (colour carries no class information on
-  ShapeBench, and keeping the photometric part out keeps masks trivially alignable).
+  flip, then tensor + normalise. No colour jitter by default (colour carries no class information on ShapeBench).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision.transforms import InterpolationMode, v2
 
-__all__ = ["eval_transform", "train_transform", "mask_geometry", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD"]
+__all__ = ["eval_transform", "eval_geometry", "train_transform", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD"]
 
 
 def _check_crop_pct(crop_pct: float) -> float:
@@ -28,26 +32,33 @@ def _check_crop_pct(crop_pct: float) -> float:
     return crop_pct
 
 
+def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+
+
 def eval_transform(
     img_size: int = 224,
     crop_pct: float = 0.875,
     interpolation: str = "bicubic",
     mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
     std: Sequence[float] = IMAGENET_DEFAULT_STD,
-):
+) -> v2.Compose:
     """Deterministic evaluation transform (PIL image -> normalised float tensor [3, img_size, img_size]).
 
     Resize the shorter side to ``floor(img_size / crop_pct)`` with ``interpolation``, centre-crop to
-    ``img_size``, ``ToTensor``, ``Normalize(mean, std)``. Defaults reproduce DeiT (resize 256 bicubic, crop 224).
+    ``img_size``, to float in [0, 1], ``Normalize(mean, std)``. Defaults reproduce DeiT (resize 256 bicubic, crop 224).
     """
-    return create_transform(
-        input_size=int(img_size),
-        is_training=False,
-        interpolation=interpolation,
-        crop_pct=_check_crop_pct(crop_pct),
-        mean=tuple(mean),
-        std=tuple(std),
-    )
+    return v2.Compose([*eval_geometry(img_size, crop_pct, interpolation).transforms, *_to_normalised_tensor(mean, std)])
+
+
+def eval_geometry(img_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bicubic") -> v2.Compose:
+    """The resize and centre crop of :func:`eval_transform` alone: what moves the pixels, for a soft mask (an
+    ``L`` image whose values are coverage fractions, resized with the image's interpolation)."""
+    img_size = int(img_size)
+    return v2.Compose([
+        v2.Resize(math.floor(img_size / _check_crop_pct(crop_pct)), interpolation=InterpolationMode(interpolation)),
+        v2.CenterCrop(img_size),
+    ])
 
 
 def train_transform(
@@ -59,87 +70,20 @@ def train_transform(
     color_jitter: float | tuple[float, ...] | None = None,
     mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
     std: Sequence[float] = IMAGENET_DEFAULT_STD,
-):
+) -> v2.Compose:
     """Light training augmentation that keeps ShapeBench labels valid.
 
     ``RandomResizedCrop(img_size, scale, ratio)`` (zoom in by at most ~11% per side, aspect within +-11% so
     a square never turns into a diamond-like rhombus), ``RandomHorizontalFlip(hflip)`` (every ShapeBench class
-    is mirror-invariant), optional ``ColorJitter`` (off by default), ``ToTensor``, ``Normalize``.
+    is mirror-invariant), optional ``ColorJitter`` (off by default; a number jitters brightness, contrast and
+    saturation by that much), to float, ``Normalize``.
     """
-    return create_transform(
-        input_size=int(img_size),
-        is_training=True,
-        scale=tuple(scale),
-        ratio=tuple(ratio),
-        hflip=float(hflip),
-        vflip=0.0,
-        color_jitter=color_jitter,
-        interpolation=interpolation,
-        mean=tuple(mean),
-        std=tuple(std),
-        re_prob=0.0,
-    )
-
-
-# --------------------------------------------------------------------------- masks through the same geometry
-# Ops that move pixels (applied to masks too) and ops that only change values (skipped for masks). Classes are
-# matched by name so both torchvision and timm versions are covered.
-_GEOMETRIC = {
-    "Resize", "CenterCrop", "RandomResizedCrop", "RandomCrop", "RandomHorizontalFlip", "RandomVerticalFlip",
-    "Pad", "RandomResizedCropAndInterpolation", "ResizeKeepRatio", "CenterCropOrPad", "RandomCropOrPad",
-    "TrimBorder",
-}
-_PHOTOMETRIC = {
-    "ColorJitter", "RandomGrayscale", "Grayscale", "GaussianBlur", "RandomAdjustSharpness", "RandomAutocontrast",
-    "RandomEqualize", "RandomPosterize", "RandomSolarize", "RandomInvert", "ToRGB",
-}
-_TENSOR_STAGE = {"ToTensor", "MaybeToTensor", "PILToTensor", "MaybePILToTensor", "ToImage", "ToNumpy", "Normalize"}
-
-
-def _kind(op) -> str:
-    name = type(op).__name__
-    if name in _GEOMETRIC:
-        return "geometric"
-    if name in _PHOTOMETRIC:
-        return "photometric"
-    if name in _TENSOR_STAGE:
-        return "tensor"
-    if name == "RandomApply" and all(_kind(t) == "photometric" for t in op.transforms):
-        return "photometric"
-    return "unknown"
-
-
-def mask_geometry(transform) -> list:
-    """The leading geometric ops of ``transform`` (before it turns the image into a tensor), for masks.
-
-    Running these ops on an ``L``-mode mask image, with the random state the image transform started from,
-    moves the mask exactly as the image moved (same resize/crop/flip parameters). Photometric ops may follow the
-    geometric ones (their random draws come after the replayed ones, so they do not disturb the replay); a
-    geometric op *after* a photometric one, or an op this function does not know, raises ``ValueError``.
-    ``None`` gives ``[]``.
-    """
-    if transform is None:
-        return []
-    ops = list(getattr(transform, "transforms", [transform]))
-    geometric: list = []
-    seen_photometric = False
-    for op in ops:
-        kind = _kind(op)
-        if kind == "tensor":
-            break
-        if kind == "geometric":
-            if seen_photometric:
-                raise ValueError(
-                    f"cannot align masks through {transform!r}: geometric op {type(op).__name__} comes after a "
-                    "photometric op, so its random parameters cannot be replayed on the mask"
-                )
-            geometric.append(op)
-        elif kind == "photometric":
-            seen_photometric = True
-        else:
-            raise ValueError(
-                f"cannot align masks through transform op {type(op).__name__}: unknown whether it moves pixels. "
-                "Use repshift.data.eval_transform / train_transform, or a Compose of torchvision/timm "
-                "resize/crop/flip ops followed by photometric ops."
-            )
-    return geometric
+    ops = [
+        v2.RandomResizedCrop(int(img_size), scale=tuple(scale), ratio=tuple(ratio),
+                             interpolation=InterpolationMode(interpolation)),
+        v2.RandomHorizontalFlip(float(hflip)),
+    ]
+    if color_jitter:
+        jitter = (color_jitter,) * 3 if isinstance(color_jitter, (int, float)) else tuple(color_jitter)
+        ops.append(v2.ColorJitter(*jitter))
+    return v2.Compose([*ops, *_to_normalised_tensor(mean, std)])

@@ -5,12 +5,16 @@ One interface over three decoders, chosen by ``dataset.video_reader``:
 * ``decord`` (default): what UMT used (``VideoReader(path, num_threads=1)``), so it gives the same pixels as the
   published numbers. Unmaintained since 2022; no macOS/ARM wheels. ``torch`` is imported before it on purpose:
   importing decord first is known to crash later CUDA use.
-* ``pyav``: PyAV decodes the stream front to back and keeps the requested frames (exact frame indices, no seek).
+* ``pyav``: PyAV decodes the stream front to back and keeps the requested frames (exact frame indices, no seek;
+  decoded to the end, so a missing tail is noticed).
 * ``torchcodec``: ``VideoDecoder(..., seek_mode="exact")`` on the CPU.
 * ``auto``: the first of decord, torchcodec, PyAV that loads.
 
 Every reader numbers frames 0..n-1 in decode order, so the same indices give the same frames whichever reader is
-used (tests check decord against PyAV).
+used (tests check decord against PyAV). A file that holds fewer frames than its container claims (a truncated
+download, a damaged copy) is corrupt for every reader: an MP4 whose boxes run past its end is refused before
+decoding, PyAV decodes to the end and compares with the header's count, decord's and torchcodec's counts are
+compared with the header's too.
 
 The clip pipeline (:class:`ClipLoader`): ``n = num_frames`` indices by "middle" sampling (the centre frame of each
 of ``n`` equal segments, padded with the last index for videos shorter than ``n`` frames; with ``trimmed30`` only
@@ -22,6 +26,7 @@ UMT ran torchvision 0.13, whose tensor resize did not antialias. Output: float `
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -39,6 +44,7 @@ __all__ = [
     "available_readers",
     "resolve_reader",
     "read_frames",
+    "truncation",
     "sample_middle_indices",
     "trimmed_length",
     "resize_normalize",
@@ -150,10 +156,29 @@ def resolve_reader(name: str) -> str:
     )
 
 
+def _header_frame_count(path: str) -> int | None:
+    """The frame count the container's header states (PyAV reads the header only), or None when it states none
+    or PyAV is not installed."""
+    try:
+        av = _import_reader("pyav")
+        with av.open(path) as container:
+            frames = container.streams.video[0].frames if container.streams.video else 0
+    except (ImportError, OSError, ValueError):  # av.FFmpegError subclasses OSError / ValueError
+        return None
+    return int(frames) or None
+
+
+def _check_count(found: int, claimed: int | None, reader: str) -> None:
+    if claimed is not None and found < claimed:
+        raise ValueError(f"the container claims {claimed} frames but {reader} finds only {found} "
+                         "(truncated or damaged file)")
+
+
 def _read_decord(path: str, choose) -> VideoFrames:
     decord = _import_reader("decord")
     reader = decord.VideoReader(path, num_threads=1)
     vlen, fps = len(reader), float(reader.get_avg_fps())
+    _check_count(vlen, _header_frame_count(path), "decord")  # decord counts the frames it can index, silently
     indices = choose(vlen, fps)
     frames = reader.get_batch(indices).asnumpy()
     reader.seek(0)  # releases decord's decode buffers (known leak after get_batch)
@@ -180,33 +205,58 @@ def _read_pyav(path: str, choose) -> VideoFrames:
         fps = float(rate) if rate else 0.0
         indices = choose(vlen, fps)
         wanted = set(indices)
-        last = max(indices)
         decoded: dict[int, np.ndarray] = {}
-        previous = None
+        count = 0
+        # decoded to the end, not only to the last wanted frame: a file that holds fewer frames than its header
+        # claims is corrupt, whichever frames a clip samples
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
                 decoded[i] = frame.to_ndarray(format="rgb24")
-            previous = frame
-            if i >= last:
-                break
-    if previous is None:
-        raise ValueError("no frame could be decoded")
-    # a header that over-reports its frame count: indices past the real end take the last decoded frame
-    missing = [i for i in indices if i not in decoded]
-    if missing:
-        tail = previous.to_ndarray(format="rgb24")
-        decoded.update({i: tail for i in missing})
+            count = i + 1
+    _check_count(count, vlen, "PyAV")
     return VideoFrames(np.stack([decoded[i] for i in indices]), vlen, fps)
 
 
 def _read_torchcodec(path: str, choose) -> VideoFrames:
     VideoDecoder = _import_reader("torchcodec")
     decoder = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1, device="cpu", seek_mode="exact")
-    vlen = len(decoder)
+    vlen = len(decoder)  # exact mode: the frames found by scanning the file
+    _check_count(vlen, getattr(decoder.metadata, "num_frames_from_header", None), "torchcodec")
     fps = float(decoder.metadata.average_fps or 0.0)
     indices = choose(vlen, fps)
     frames = decoder.get_frames_at(indices=list(indices)).data.numpy()
     return VideoFrames(frames, vlen, fps)
+
+
+def truncation(path: str | os.PathLike) -> str | None:
+    """Why an MP4/MOV file (ISO base media: it starts with an ``ftyp`` box) is cut short, or None.
+
+    Its top-level boxes must tile the file: a box that ends past the end of the file means the file was truncated
+    (a "faststart" file keeps its complete index in front, so readers would otherwise take the missing frames for
+    present). Other containers give None (their readers' frame counts are checked instead).
+    """
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if fh.read(8)[4:8] != b"ftyp":
+            return None
+        position = 0
+        while position < size:
+            fh.seek(position)
+            head = fh.read(16)
+            if len(head) < 8:
+                return f"{size - position} stray bytes after the last box"
+            box_size, kind = struct.unpack(">I4s", head[:8])
+            if box_size == 1 and len(head) == 16:
+                box_size = struct.unpack(">Q", head[8:16])[0]
+            elif box_size == 0:  # the last box runs to the end of the file
+                return None
+            if box_size < 8:
+                return f"the box at byte {position} has an impossible size {box_size}"
+            if position + box_size > size:
+                return (f"its {kind.decode('latin-1')!r} box ends at byte {position + box_size} but the file has "
+                        f"{size} bytes (truncated)")
+            position += box_size
+    return None
 
 
 _READ = {"decord": _read_decord, "pyav": _read_pyav, "torchcodec": _read_torchcodec}
@@ -215,10 +265,14 @@ _READ = {"decord": _read_decord, "pyav": _read_pyav, "torchcodec": _read_torchco
 def read_frames(path: str | os.PathLike, indices_for, reader: str = "decord") -> VideoFrames:
     """Decode the frames ``indices_for(vlen, fps)`` picks from ``path`` with ``reader``.
 
-    Raises :class:`CorruptVideoError` naming ``path`` when the file is missing or cannot be decoded.
+    Raises :class:`CorruptVideoError` naming ``path`` when the file is missing, is a directory, is truncated
+    (:func:`truncation`), holds fewer decodable frames than its container claims, or cannot be decoded.
     """
     path = Path(path)
     name = resolve_reader(reader)
+    if path.is_dir():
+        raise CorruptVideoError(f"Expected a video file, found a directory: {path}. Check the annotation entry and "
+                                "dataset.video_dir.", path)
     if not path.is_file():
         raise CorruptVideoError(f"Video not found: {path}. Check dataset.video_dir (run `python -m "
                                 "repshift.data.check dataset=<name>` to list every missing video).", path)
@@ -229,6 +283,9 @@ def read_frames(path: str | os.PathLike, indices_for, reader: str = "decord") ->
         return list(indices_for(vlen, fps))
 
     try:
+        cut = truncation(path)
+        if cut:
+            raise ValueError(cut)
         return _READ[name](str(path), choose)
     except CorruptVideoError:
         raise

@@ -21,10 +21,11 @@ import json
 import os
 from pathlib import Path
 
+from repshift.data.build import check_limit
 from repshift.data.video import ClipLoader
-from repshift.data.video_text import AnnotationError, ClipDataset, pre_text
+from repshift.data.video_text import AnnotationError, ClipDataset, pre_text, video_name_problem
 
-__all__ = ["VideoQADataset", "load_qa_annotations", "load_answer_list"]
+__all__ = ["VideoQADataset", "load_qa_annotations", "load_answer_list", "build"]
 
 _QA_KEYS = ("video", "question", "answer", "question_id")
 
@@ -50,6 +51,9 @@ def _entry_problem(entry) -> str | None:
     for key in ("video", "question"):
         if not isinstance(entry[key], str) or not entry[key]:
             return f"{key!r} must be a non-empty string"
+    problem = video_name_problem(entry["video"])
+    if problem:
+        return problem
     if not isinstance(entry["answer"], str):
         return ("'answer' must be a string: the test sets are scored by exact match against one answer "
                 f"(got {type(entry['answer']).__name__})")
@@ -65,6 +69,9 @@ def load_qa_annotations(path: str | os.PathLike) -> list[dict]:
     if not isinstance(entries, list):
         raise AnnotationError(
             f"QA annotation file {path}: expected a JSON list of entries, got {type(entries).__name__}")
+    if not entries:
+        raise AnnotationError(f"QA annotation file {path} is an empty list: it holds no question, so there is "
+                              "nothing to evaluate")
     seen: set = set()
     for i, entry in enumerate(entries):
         problem = _entry_problem(entry)
@@ -124,8 +131,9 @@ class VideoQADataset(ClipDataset):
         self.max_q_len, self.max_a_len = int(max_q_len), int(max_a_len)
         self.skip_corrupt = bool(skip_corrupt)
         entries = load_qa_annotations(self.anno_path)
+        limit = check_limit(limit)
         if limit:
-            entries = entries[: int(limit)]
+            entries = entries[:limit]
         self.answer_list = load_answer_list(self.answer_list_path)
         self.videos = [str(self.video_dir / e["video"]) for e in entries]
         self.questions = [pre_text(e["question"]) for e in entries]
@@ -148,3 +156,10 @@ class VideoQADataset(ClipDataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(anno={str(self.anno_path)!r}, questions={len(self.questions)}, "
                 f"answers={len(self.answer_list)}, skip_corrupt={self.skip_corrupt})")
+
+
+def build(cfg, split: str, training: bool = False) -> VideoQADataset:
+    """A QA test set from its ``dataset`` config node (``_target_: repshift.data.video_qa.build``)."""
+    if training:
+        raise ValueError(f"dataset {cfg.name} is a video QA test set: it has no training split here")
+    return VideoQADataset.from_config(cfg, split)

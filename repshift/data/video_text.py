@@ -1,6 +1,7 @@
 """Video-text retrieval test sets in UMT's annotation formats, and a Dataset that decodes their videos.
 
-An annotation file is a JSON list of entries ``{"video": ..., "caption": ...}`` (extra keys are ignored):
+An annotation file is a non-empty JSON list of entries ``{"video": ..., "caption": ...}`` (extra keys are ignored);
+a ``video`` is a path relative to the video folder that stays inside it (:func:`video_name_problem`):
 
 * one entry per video, ``caption`` a string (MSRVTT 1k-A, LSMDC) or a list of strings (MSVD: several captions,
   each its own text);
@@ -26,10 +27,12 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import torch
 
+from repshift import distributed
+from repshift.data.build import check_limit
 from repshift.data.video import ClipLoader, CorruptVideoError
 
 __all__ = [
@@ -40,6 +43,8 @@ __all__ = [
     "build_retrieval_index",
     "load_annotations",
     "pre_text",
+    "video_name_problem",
+    "build",
 ]
 
 #: What ``VideoTextRetrievalDataset[i]`` returns as index for a video skipped with ``skip_corrupt=True``.
@@ -76,6 +81,9 @@ def load_annotations(path: str | os.PathLike) -> list[dict]:
         raise AnnotationError(f"Annotation file {path} is not valid JSON: {e}") from e
     if not isinstance(entries, list):
         raise AnnotationError(f"Annotation file {path}: expected a JSON list of entries, got {type(entries).__name__}")
+    if not entries:
+        raise AnnotationError(f"Annotation file {path} is an empty list: it names no video, so there is nothing to "
+                              "evaluate")
     for i, entry in enumerate(entries):
         problem = _entry_problem(entry)
         if problem:
@@ -87,6 +95,19 @@ def _is_str_or_str_list(value) -> bool:
     return isinstance(value, str) or (isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value))
 
 
+def video_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a video of the set, or None: a video is a non-empty path relative to the video folder
+    that stays inside it (no absolute path, no ``..`` out of it)."""
+    if not name:
+        return "'video' is an empty string"
+    if os.path.isabs(name) or PureWindowsPath(name).drive:
+        return f"video {name!r} is an absolute path; videos are named relative to dataset.video_dir"
+    parts = Path(os.path.normpath(name)).parts
+    if not parts or parts[0] in ("..", "."):
+        return f"video {name!r} leaves the video folder (dataset.video_dir)"
+    return None
+
+
 def _entry_problem(entry) -> str | None:
     if not isinstance(entry, dict):
         return f"expected an object with 'video' and 'caption', got {type(entry).__name__}"
@@ -95,6 +116,10 @@ def _entry_problem(entry) -> str | None:
             return f"no {key!r} key"
         if not _is_str_or_str_list(entry[key]):
             return f"{key!r} must be a string or a non-empty list of strings"
+    for name in [entry["video"]] if isinstance(entry["video"], str) else entry["video"]:
+        problem = video_name_problem(name)
+        if problem:
+            return problem
     return None
 
 
@@ -171,7 +196,6 @@ class ClipDataset(torch.utils.data.Dataset):
         annotations a config with ``generate`` asks for (SMOKE; rank 0 under torchrun, the others wait)."""
         if cfg.get("generate"):
             from repshift.data import synthetic_video
-            from repshift import distributed
 
             if distributed.is_main():
                 synthetic_video.ensure(cfg.root, **cfg.generate)
@@ -227,8 +251,9 @@ class VideoTextRetrievalDataset(ClipDataset):
         self.max_txt_len = int(max_txt_len)
         self.skip_corrupt = bool(skip_corrupt)
         entries = load_annotations(self.anno_path)
+        limit = check_limit(limit)
         if limit:
-            entries = entries[: int(limit)]
+            entries = entries[:limit]
         index = build_retrieval_index(entries, is_paragraph, has_multi_vision_gt)
         self.videos = [str(self.video_dir / v) for v in index.videos]
         self.texts, self.txt2vid, self.vid2txt = index.texts, index.txt2vid, index.vid2txt
@@ -263,3 +288,10 @@ class VideoTextRetrievalDataset(ClipDataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(anno={str(self.anno_path)!r}, videos={len(self.videos)}, "
                 f"texts={len(self.texts)}, skip_corrupt={self.skip_corrupt})")
+
+
+def build(cfg, split: str, training: bool = False) -> VideoTextRetrievalDataset:
+    """A retrieval test set from its ``dataset`` config node (``_target_: repshift.data.video_text.build``)."""
+    if training:
+        raise ValueError(f"dataset {cfg.name} is a video-text retrieval test set: it has no training split here")
+    return VideoTextRetrievalDataset.from_config(cfg, split)

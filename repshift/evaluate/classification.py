@@ -1,8 +1,13 @@
-"""Top-1 / top-5 classification accuracy, single process or sharded under torchrun."""
+"""Top-1 / top-5 classification accuracy, single process or sharded under torchrun.
+
+A model whose head has another number of classes than the dataset is refused before any image is read
+(:func:`check_num_classes`): its labels would index other classes, and a 2-class head on a 5-class folder would
+report a "top-5" of every class it has. Top-5 of fewer than 5 classes is not reported (``None``). An evaluation
+that scores no image is an :class:`~repshift.evaluate.errors.EmptyEvaluationError`.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,8 +17,29 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from repshift import distributed as D
+from repshift.data.build import location
+from repshift.data.folder import class_names
+from repshift.evaluate.errors import nothing_evaluated
 
-__all__ = ["evaluate", "collate_image_label", "IndexedSubset"]
+__all__ = ["evaluate", "check_num_classes", "collate_image_label", "IndexedSubset", "TOP_K"]
+
+#: The k of top-k accuracy; with fewer classes than this, top-k is not reported.
+TOP_K = 5
+
+
+def check_num_classes(model: nn.Module, dataset) -> None:
+    """Refuse a model whose head does not have one output per class of ``dataset`` (an image folder, also
+    inside ``Subset``); datasets without class folders, and models without ``num_classes``, are not checked here
+    (the logits are checked per batch in :func:`evaluate`)."""
+    classes = class_names(dataset)
+    head = getattr(model, "num_classes", None)
+    if classes is not None and isinstance(head, int) and head != len(classes):
+        raise ValueError(
+            f"the model's head has {head} classes but {location(dataset)} has {len(classes)} class folders "
+            f"({', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''}): its predictions would index other "
+            "classes. Evaluate it on the dataset it was trained for, or set the head's size "
+            "(model.kwargs.num_classes) and train it."
+        )
 
 
 def _label_int(label: Any) -> int:
@@ -71,16 +97,21 @@ def evaluate(
 
     The model is moved to ``device`` and run in eval mode under ``torch.inference_mode()``
     (its previous train/eval mode is restored afterwards), inside ``torch.autocast`` on
-    the device's type with ``amp_dtype`` when given. Top-5 uses ``min(5, num_classes)``.
+    the device's type with ``amp_dtype`` when given. A head whose size differs from the dataset's class
+    count is refused (:func:`check_num_classes`, and the logits of every batch).
 
     When a ``torch.distributed`` process group is initialised (torchrun), each rank
     evaluates its strided shard (:func:`~repshift.distributed.shard_indices`,
     no padding) and the per-sample predictions are all-gathered, so every rank returns
     exactly what one process would. The progress bar is shown on rank 0 only.
 
-    Returns ``{"top1": float, "top5": float, "n": int, "skipped": int}``; accuracies are
-    NaN when no sample is valid.
+    Returns ``{"top1": float, "top5": float or None, "n": int, "skipped": int}``; ``top5`` is None
+    with fewer than 5 classes (it would count every class). Raises
+    :class:`~repshift.evaluate.errors.EmptyEvaluationError` when no sample was evaluated (all skipped
+    as corrupt, or an empty dataset).
     """
+    check_num_classes(model, dataset)
+    classes = class_names(dataset)
     device = torch.device(device)
     rank, world = D.get_rank(), D.get_world_size()
     indices = D.shard_indices(len(dataset), rank, world)
@@ -113,7 +144,10 @@ def evaluate(
                     logits = model(images)
                 if isinstance(logits, (tuple, list)):
                     logits = logits[0]
-                k = min(5, logits.shape[-1])
+                if classes is not None and logits.shape[-1] != len(classes):
+                    raise ValueError(f"the model gives {logits.shape[-1]} logits per image but {location(dataset)} "
+                                     f"has {len(classes)} classes")
+                k = min(TOP_K, logits.shape[-1])
                 top = logits.float().topk(k, dim=-1).indices.cpu()
                 records.extend(zip(idx[valid].tolist(), top.tolist(), targets[valid].tolist()))
             bar.close()
@@ -129,11 +163,14 @@ def evaluate(
         skipped.update(skips)
 
     n = len(preds)
+    if n == 0:
+        raise nothing_evaluated(dataset, total=len(dataset), skipped=len(skipped), unit="images")
     c1 = sum(1 for top, t in preds.values() if top[0] == t)
     c5 = sum(1 for top, t in preds.values() if t in top)
+    full_top_k = all(len(top) == TOP_K for top, _ in preds.values())
     return {
-        "top1": 100.0 * c1 / n if n else math.nan,
-        "top5": 100.0 * c5 / n if n else math.nan,
+        "top1": 100.0 * c1 / n,
+        "top5": 100.0 * c5 / n if full_top_k else None,
         "n": n,
         "skipped": len(skipped),
     }

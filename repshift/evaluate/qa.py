@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from repshift import distributed as D
+from repshift.evaluate.errors import nothing_evaluated
 from repshift.evaluate.retrieval import _collate_videos, _IndexedVideos
 
 __all__ = ["QA_METHODS", "qa_accuracy", "predict_answers", "evaluate_qa", "format_metrics"]
@@ -92,7 +93,8 @@ def evaluate_qa(
     Returns ``{"acc", "n_questions", "skipped_questions", "n_answers", "k_test", "answerable", "predictions"}``:
     ``answerable`` is the percentage of scored questions whose answer is in the answer list (the accuracy a
     perfect ranker would reach), ``predictions`` one ``{"question_id", "question", "answer", "prediction",
-    "correct"}`` per scored question in dataset order. Every rank returns the same dict.
+    "correct"}`` per scored question in dataset order. Every rank returns the same dict. No question left to
+    score is an :class:`~repshift.evaluate.errors.EmptyEvaluationError`.
     """
     device = torch.device(device)
     rank, world = D.get_rank(), D.get_world_size()
@@ -113,7 +115,7 @@ def evaluate_qa(
         skipped.update(skips)
     scored = [i for i in range(len(dataset)) if i not in skipped]
     if not scored:
-        raise RuntimeError(f"all {len(dataset)} questions' videos were skipped as unreadable: nothing to evaluate")
+        raise nothing_evaluated(dataset, total=len(dataset), skipped=len(skipped), unit="questions")
     answer_set = set(dataset.answer_list)
     predictions = [
         {"question_id": dataset.question_ids[i], "question": dataset.questions[i], "answer": dataset.answers[i],

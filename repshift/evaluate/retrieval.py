@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from repshift import distributed as D
+from repshift.evaluate.errors import nothing_evaluated
 
 __all__ = [
     "RANKINGS",
@@ -328,7 +329,9 @@ def evaluate_retrieval(
 
     Returns ``{"emb": metrics, "itm": metrics or None, "rankings": RANKINGS, "k_test", "n_videos", "n_texts",
     "skipped_videos", "skipped_texts"}`` with ``metrics`` as :func:`retrieval_metrics` gives them;
-    ``itm=False`` skips the re-ranking (embedding-only evaluation). Every rank returns the same dict.
+    ``itm=False`` skips the re-ranking (embedding-only evaluation). Every rank returns the same dict. No video
+    left to rank (all skipped as unreadable, or none in the split) is an
+    :class:`~repshift.evaluate.errors.EmptyEvaluationError`.
     """
     device = torch.device(device)
     rank, world = D.get_rank(), D.get_world_size()
@@ -357,8 +360,8 @@ def evaluate_retrieval(
             if part is not None:
                 text_rows.update({t: (part[0][j], part[1][j], part[2][j]) for j, t in enumerate(ids)})
         keep_v, keep_t, txt2vid, vid2txt = _keep_subproblem(len(dataset), dataset.txt2vid, dataset.vid2txt, all_skipped)
-        if not keep_v:
-            raise RuntimeError(f"all {len(dataset)} videos were skipped as unreadable: nothing to evaluate")
+        if not keep_v or not keep_t:
+            raise nothing_evaluated(dataset, total=len(dataset), skipped=len(all_skipped), unit="videos")
         length = max(text_rows[t][0].shape[0] for t in keep_t)
         text_hidden = torch.stack([_pad_to(text_rows[t][0][None], length)[0] for t in keep_t])
         text_mask = torch.stack([_pad_to(text_rows[t][1][None], length)[0] for t in keep_t])

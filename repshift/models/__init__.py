@@ -1,21 +1,23 @@
-"""Building models by timm name (or by family, from a model config) and loading their weights.
+"""Building models by timm name, or from a model config by its ``_target_``, and loading their weights.
 
-``build_model(config)`` takes a whole model config (``repshift/configs/model/<name>.yaml``): its ``family``
-picks the builder (``umt`` -> :func:`repshift.models.umt.build`, ``umt_qa`` -> :func:`repshift.models.umt_qa.build`,
-``efficientnet`` -> :func:`repshift.models.efficientnet.build` (efficientnet_pytorch weights); none -> timm by ``name``), and the
-keys that only tell the runner how to feed the model (``input_size``, ``unit``) are set aside.
+``build_model(config)`` takes a whole model config (``repshift/configs/model/<name>.yaml``) and calls the
+function its ``_target_`` names with the rest of the node: :func:`build_timm` (a timm model by ``name``),
+:func:`repshift.models.umt.build`, :func:`repshift.models.umt_qa.build` or
+:func:`repshift.models.efficientnet.build` (efficientnet_pytorch weights). The keys that only tell the runner
+about the model (:data:`RUNNER_KEYS`: ``input_size``, ``unit``, ``family``) are set aside first.
 
 Weights come from timm's hub/cache (``pretrained=True``), from a local file (``checkpoint``:
 the official DeiT ``.pth``, a timm/safetensors file, or a checkpoint written by
 ``repshift.train``), or nowhere (random initialisation, which every result file records).
 Every local file goes through :func:`repshift.checkpoints.load_checkpoint`: no code in it runs
-unless the user passes ``unsafe_full_unpickle=True``. A model module that knows an official
-format (key names of the original code base) converts it in its ``checkpoint_filter_fn``, the
-hook timm's own model modules use.
+unless the user passes ``unsafe_full_unpickle=True`` (a real boolean; anything else is refused). A model
+module that knows an official format (key names of the original code base) converts it in its
+``checkpoint_filter_fn``, the hook timm's own model modules use. timm's filters also resample position
+and patch embeddings to the model's size; that changes the weights, so it happens only with
+``resample_embeddings=True`` and the weights record says which tensors were resampled.
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -23,19 +25,17 @@ from typing import Any, Optional, Union
 import timm
 import torch
 
-from repshift.checkpoints import UNSAFE_OPTION, extract_state_dict, load_checkpoint
+from repshift.checkpoints import UNSAFE_OPTION, check_switch, extract_state_dict, load_checkpoint
+from repshift.targets import TARGET_KEY, target_of
 
 from repshift.models import convstem_vit  # noqa: F401  (registers vit_convstem_tiny with timm)
 from repshift.models import vim  # noqa: F401  (registers vim_t_midclstok with timm)
 
-
-#: ``model.family`` -> the module whose ``build(config)`` builds that family from its model config.
-FAMILY_BUILDERS = {"umt": "repshift.models.umt", "umt_qa": "repshift.models.umt_qa",
-                   "efficientnet": "repshift.models.efficientnet"}
-#: Model-config keys read by the runner (which builder, bench, GMACs), not by a builder.
-RUNNER_KEYS = ("_target_", "input_size", "unit")
-#: Model-config keys of the timm builder (a config without ``family``).
-TIMM_KEYS = ("name", "pretrained", "checkpoint", "kwargs", "unsafe_full_unpickle")
+#: Model-config keys read by the runner (bench, GMACs, the merge-host check), not by a builder.
+RUNNER_KEYS = ("input_size", "unit", "family")
+#: Model-config keys of :func:`build_timm`.
+TIMM_KEYS = ("name", "pretrained", "checkpoint", "kwargs", "unsafe_full_unpickle", "resample_embeddings")
+RESAMPLE_OPTION = "model.resample_embeddings=true"
 
 
 def build_model(
@@ -45,22 +45,39 @@ def build_model(
     checkpoint: Optional[str] = None,
     kwargs: Optional[dict] = None,
     unsafe_full_unpickle: bool = False,
+    resample_embeddings: bool = False,
 ) -> tuple[torch.nn.Module, dict]:
-    """``(model, weights)`` where ``weights = {"real": bool, "source": str}``.
+    """``(model, weights)`` where ``weights = {"real": bool, "source": str}`` (plus ``resampled`` after a file).
 
     ``name`` is a timm model name (the other arguments apply), or a whole model config (a mapping,
-    e.g. ``OmegaConf.to_container(cfg.model)``), which then says everything itself.
+    e.g. ``OmegaConf.to_container(cfg.model)``), which says everything itself and is built by the function
+    its ``_target_`` names (one under ``repshift.models.``).
     """
     if isinstance(name, Mapping):
-        return _build_from_config(name)
-    kwargs = dict(kwargs or {})
-    if checkpoint:
-        path = Path(checkpoint).expanduser()
+        builder = target_of(name, section="repshift.models.", what="model")
+        return builder({k: v for k, v in name.items() if k != TARGET_KEY and k not in RUNNER_KEYS})
+    return build_timm(dict(name=name, pretrained=pretrained, checkpoint=checkpoint, kwargs=kwargs,
+                           unsafe_full_unpickle=unsafe_full_unpickle, resample_embeddings=resample_embeddings))
+
+
+def build_timm(config: Mapping[str, Any]) -> tuple[torch.nn.Module, dict]:
+    """A timm model from a model config (``_target_: repshift.models.build_timm``; keys :data:`TIMM_KEYS`)."""
+    unknown = sorted(set(config) - set(TIMM_KEYS))
+    if unknown:
+        raise ValueError(f"unknown model config keys {unknown} for a timm model; known: {list(TIMM_KEYS)}")
+    if not config.get("name"):
+        raise ValueError("the model config has no name (the timm model to build)")
+    name, kwargs = config["name"], dict(config.get("kwargs") or {})
+    unsafe = check_switch(config.get("unsafe_full_unpickle", False), "model.unsafe_full_unpickle")
+    resample = check_switch(config.get("resample_embeddings", False), "model.resample_embeddings")
+    pretrained = check_switch(config.get("pretrained", False), "model.pretrained")
+    if config.get("checkpoint"):
+        path = Path(config["checkpoint"]).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"model.checkpoint={checkpoint} does not exist (give the path of a weights file)")
+            raise FileNotFoundError(f"model.checkpoint={config['checkpoint']} does not exist (give the path of a "
+                                    "weights file)")
         model = timm.create_model(name, pretrained=False, **kwargs)
-        load_weights(model, path, unsafe_full_unpickle=unsafe_full_unpickle)
-        return model, {"real": True, "source": f"file:{path.resolve()}"}
+        return model, load_weights(model, path, unsafe_full_unpickle=unsafe, resample_embeddings=resample)
     if pretrained:
         try:
             model = timm.create_model(name, pretrained=True, **kwargs)
@@ -74,46 +91,45 @@ def build_model(
     return timm.create_model(name, pretrained=False, **kwargs), {"real": False, "source": "random-init"}
 
 
-def _build_from_config(config: Mapping[str, Any]) -> tuple[torch.nn.Module, dict]:
-    config = {key: value for key, value in config.items() if key not in RUNNER_KEYS}
-    family = config.pop("family", None)
-    if family in FAMILY_BUILDERS:
-        # imported here: the UMT modules import transformers, which only a UMT run should pay for
-        return importlib.import_module(FAMILY_BUILDERS[family]).build(config)
-    if family is not None:
-        raise ValueError(f"model.family={family!r} is unknown; expected {', '.join(FAMILY_BUILDERS)}, "
-                         "or no family for a timm model name")
-    unknown = sorted(set(config) - set(TIMM_KEYS))
-    if unknown:
-        raise ValueError(f"unknown model config keys {unknown} for a timm model; known: {list(TIMM_KEYS)}")
-    if "name" not in config:
-        raise ValueError("the model config has no name (the timm model to build)")
-    return build_model(
-        config["name"],
-        pretrained=bool(config.get("pretrained", False)),
-        checkpoint=config.get("checkpoint"),
-        kwargs=config.get("kwargs"),
-        unsafe_full_unpickle=bool(config.get("unsafe_full_unpickle", False)),
-    )
+def load_weights(model: torch.nn.Module, path: Path, *, unsafe_full_unpickle: bool = False,
+                 resample_embeddings: bool = False) -> dict:
+    """Load a weights file strictly, converting official-format checkpoints when needed; returns the weights
+    record ``{"real": True, "source": "file:<path>", "resampled": {key: {"from": shape, "to": shape}} or None}``.
 
-
-def load_weights(model: torch.nn.Module, path: Path, *, unsafe_full_unpickle: bool = False) -> None:
-    """Load a weights file strictly, converting official-format checkpoints when needed."""
+    A tensor that the model's ``checkpoint_filter_fn`` (timm's, for ViTs) had to resample to another size (a
+    file trained with another patch size or image size) is refused unless ``resample_embeddings`` is true.
+    """
+    check_switch(resample_embeddings, "model.resample_embeddings")
+    path = Path(path)
+    weights = {"real": True, "source": f"file:{path.resolve()}", "resampled": None}
     try:
         state = extract_state_dict(load_checkpoint(path, unsafe_full_unpickle=unsafe_full_unpickle), source=str(path))
-    except (ValueError, RuntimeError) as error:  # UnsafeCheckpointError names UNSAFE_OPTION itself
+    except (ValueError, RuntimeError) as error:  # the message names the file; UnsafeCheckpointError the switch
         raise type(error)(f"model.checkpoint={path}: {error}") from None
     try:
         model.load_state_dict(state)
-        return
+        return weights
     except RuntimeError as strict_error:
         filter_fn = getattr(__import__(type(model).__module__, fromlist=["_"]), "checkpoint_filter_fn", None)
         if filter_fn is None:
             raise RuntimeError(f"model.checkpoint={path} does not fit {type(model).__name__}: {strict_error}") from None
+    converted = filter_fn(state, model)
+    resampled = {key: {"from": list(state[key].shape), "to": list(tensor.shape)} for key, tensor in converted.items()
+                 if key in state and state[key].numel() != tensor.numel()}
+    if resampled and not resample_embeddings:
+        shapes = "; ".join(f"{key} {tuple(s['from'])} in the file, {tuple(s['to'])} in the model"
+                           for key, s in resampled.items())
+        raise ValueError(
+            f"model.checkpoint={path} was trained at another size ({shapes}): loading it means resampling these "
+            f"tensors, which changes the weights. Pass {RESAMPLE_OPTION} to allow it (the result records it), or "
+            "build the model the file was trained as (patch size, img_size in model.kwargs)."
+        )
     try:
-        model.load_state_dict(filter_fn(state, model))
+        model.load_state_dict(converted)
     except RuntimeError as error:
         raise RuntimeError(f"model.checkpoint={path} does not fit {type(model).__name__}: {error}") from None
+    weights["resampled"] = resampled or None
+    return weights
 
 
-__all__ = ["build_model", "load_weights", "UNSAFE_OPTION"]
+__all__ = ["build_model", "build_timm", "load_weights", "UNSAFE_OPTION", "RESAMPLE_OPTION", "RUNNER_KEYS"]

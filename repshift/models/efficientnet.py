@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 from timm.models.efficientnet import EfficientNet
 
-from repshift.checkpoints import extract_state_dict, load_checkpoint
+from repshift.checkpoints import check_switch, extract_state_dict, load_checkpoint
 from repshift.models.vim import load_state_dict_checked
 
 #: The pip package holding the weights, its import name, and the file inside it.
@@ -120,8 +120,9 @@ def packaged_weights() -> Path:
     return path
 
 
-#: Model-config keys of this family (``family`` itself is taken by the dispatcher).
-CONFIG_KEYS = ("name", "pretrained", "checkpoint", "kwargs", "unsafe_full_unpickle")
+#: Model-config keys of this family (``_target_`` and the runner's keys are taken by ``build_model``).
+#: ``resample_embeddings`` is accepted for every model config; a CNN has no embedding to resample (shapes load strictly).
+CONFIG_KEYS = ("name", "pretrained", "checkpoint", "kwargs", "unsafe_full_unpickle", "resample_embeddings")
 
 
 def build(config: Mapping[str, Any]) -> tuple[nn.Module, dict]:
@@ -132,10 +133,11 @@ def build(config: Mapping[str, Any]) -> tuple[nn.Module, dict]:
     """
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
-        raise ValueError(f"unknown model config keys {unknown} for model.family=efficientnet; known: {list(CONFIG_KEYS)}")
+        raise ValueError(f"unknown model config keys {unknown} for an EfficientNet (repshift.models.efficientnet.build); known: {list(CONFIG_KEYS)}")
     name = config.get("name", WEIGHTS_MODEL)
     model = timm.create_model(name, pretrained=False, **dict(config.get("kwargs") or {}))
-    unsafe = bool(config.get("unsafe_full_unpickle", False))
+    unsafe = check_switch(config.get("unsafe_full_unpickle", False), "model.unsafe_full_unpickle")
+    check_switch(config.get("resample_embeddings", False), "model.resample_embeddings")
     if config.get("checkpoint"):
         path = Path(config["checkpoint"]).expanduser()
         load_official(model, path, unsafe_full_unpickle=unsafe)

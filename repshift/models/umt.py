@@ -1,4 +1,4 @@
-"""UMT (Unmasked Teacher) B/16 and L/16 for video-text retrieval, loading the official checkpoints.
+"""UMT (Unmasked Teacher) B/16 and L/16 for video-text retrieval (official checkpoints: :mod:`repshift.models.umt_weights`).
 
 Vision encoder (``UMTVision``), as in UMT's multi-modality ViT:
 
@@ -30,49 +30,27 @@ is the block loop an adapter can replace.
 
 State-dict keys of ``UMTVision`` are the official ones with the prefixes removed:
 ``vision_encoder.encoder.X`` -> ``X``, ``vision_encoder.pool_norm.X`` -> ``pool_norm.X``,
-``vision_proj.X`` -> ``vision_proj.X`` (see :func:`load_official`).
+``vision_proj.X`` -> ``vision_proj.X``; :mod:`repshift.models.umt_weights` reads the official files.
 """
 from __future__ import annotations
 
-import logging
 import os
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm, Mlp
 from torch import Tensor, nn
 
-from repshift.checkpoints import extract_state_dict, load_checkpoint
-from repshift.models.umt_text import FUSION_LAYER, TOKENIZER, UMTTextEncoder, bert_config, load_tokenizer
+from repshift.models.umt_text import FUSION_LAYER, TOKENIZER, UMTTextEncoder, bert_config, load_tokenizer, tokenize
+from repshift.models.umt_weights import build_part, load_official, load_official_retrieval
 
-log = logging.getLogger("repshift.models.umt")
 
 #: Vision encoder sizes (UMT ``exp/finetuning/ret_*/{b16,l16}_25m.py``); ``proj_dim`` is vision_proj's output.
 VISION_SIZES = {
     "b": dict(embed_dim=768, depth=12, num_heads=12, proj_dim=512),
     "l": dict(embed_dim=1024, depth=24, num_heads=16, proj_dim=768),
 }
-
-#: Official checkpoint prefixes -> prefixes in ``UMTVision``'s own state_dict.
-VISION_PREFIXES = (
-    ("vision_encoder.encoder.", ""),
-    ("vision_encoder.pool_norm.", "pool_norm."),
-    ("vision_proj.", "vision_proj."),
-)
-#: Checkpoint entries that UMT's retrieval evaluation does not use: the CLIP teacher and the
-#: pre-training decoders kept in released files, the contrastive temperature, BERT's position-id
-#: buffer and MLM head (pre-trained files), a QA decoder.
-UNUSED_PREFIXES = (
-    "clip_teacher.",
-    "vision_encoder.clip_decoder.",
-    "text_encoder.cls.",
-    "text_decoder.",
-)
-UNUSED_KEYS = ("temp", "text_encoder.embeddings.position_ids")
-#: Text-side entries, unused when only the vision encoder is loaded.
-TEXT_PREFIXES = ("text_encoder.", "text_proj.", "itm_head.")
-
 
 # ------------------------------------------------------------------------------------------ vision
 
@@ -308,16 +286,8 @@ class UMTRetrieval(nn.Module):
         return self.itm_logits(video_tokens, text_hidden, text_mask)[:, 1]
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:
-        """``(input_ids, attention_mask)`` ``[len(texts), max_length]``, padded to max_length as UMT does.
-
-        Texts should already be cleaned the UMT way (``pre_text``: lower case, punctuation removed).
-        """
-        if self.tokenizer is None:
-            raise RuntimeError("this UMTRetrieval has no tokenizer; build it with tokenizer=... (a folder or hub name)")
-        batch = self.tokenizer(
-            list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        return batch["input_ids"], batch["attention_mask"]
+        """``(input_ids, attention_mask)`` ``[len(texts), max_length]`` (:func:`repshift.models.umt_text.tokenize`)."""
+        return tokenize(self.tokenizer, texts, max_length, owner=type(self).__name__)
 
 
 def retrieval_model(
@@ -354,158 +324,12 @@ def text_side(size: str, vision_model: UMTVision, text: Optional[Mapping[str, An
     return text_encoder, tokenizer
 
 
-# ------------------------------------------------------------------------------------------ loading
-
-
-def _as_state_dict(checkpoint, unsafe_full_unpickle: bool) -> tuple[dict[str, Tensor], str]:
-    if isinstance(checkpoint, (str, os.PathLike)):
-        source = str(checkpoint)
-        checkpoint = load_checkpoint(checkpoint, unsafe_full_unpickle=unsafe_full_unpickle)
-    else:
-        source = "the checkpoint dict"
-    return extract_state_dict(checkpoint, source=source), source
-
-
-def _is_unused(key: str) -> bool:
-    return key in UNUSED_KEYS or key.startswith(UNUSED_PREFIXES)
-
-
-def _vision_key(key: str) -> Optional[str]:
-    for official, own in VISION_PREFIXES:
-        if key.startswith(official):
-            return own + key[len(official) :]
-    return None
-
-
-def _load(
-    model: nn.Module, mapped: dict[str, tuple[str, Tensor]], unexpected: list[str], source: str
-) -> tuple[list[str], list[str]]:
-    """Copy ``mapped`` (own key -> (official key, tensor)) into ``model`` after checking every shape."""
-    own = model.state_dict()
-    for key, (official, tensor) in mapped.items():
-        if key not in own:
-            unexpected.append(official)
-        elif own[key].shape != tensor.shape:
-            raise ValueError(
-                f"{source}: {official} has shape {tuple(tensor.shape)} but the model expects "
-                f"{tuple(own[key].shape)} (for {key} of {type(model).__name__}); is it the same UMT size (B/L)?"
-            )
-    values = {key: tensor for key, (_, tensor) in mapped.items() if key in own}
-    result = model.load_state_dict(values, strict=False)
-    missing = sorted(result.missing_keys)
-    if missing or unexpected:
-        log.warning("%s: %d model keys missing, %d checkpoint keys unexpected", source, len(missing), len(unexpected))
-    return missing, sorted(unexpected)
-
-
-def load_official(
-    model: UMTVision | UMTRetrieval, checkpoint, *, unsafe_full_unpickle: bool = False
-) -> tuple[list[str], list[str]]:
-    """Load the vision part of an official UMT retrieval checkpoint into ``model``.
-
-    A :class:`UMTRetrieval` ``model`` gets the whole checkpoint (:func:`load_official_retrieval`).
-
-    ``checkpoint``: a path (read by :func:`repshift.checkpoints.load_checkpoint`, no full unpickle
-    unless asked) or an already loaded ``{"model": state_dict}`` / state_dict. The keys
-    ``vision_encoder.encoder.*``, ``vision_encoder.pool_norm.*`` and ``vision_proj.*`` are mapped
-    one to one; a shape that differs raises ``ValueError`` naming the key and both shapes.
-    Returns ``(missing, unexpected)``: model keys the checkpoint lacks, and checkpoint keys that fit
-    nowhere, leaving out the known unused ones (text side, CLIP teacher/decoders, ``temp``).
-    """
-    if isinstance(model, UMTRetrieval):
-        return load_official_retrieval(model, checkpoint, unsafe_full_unpickle=unsafe_full_unpickle)
-    state, source = _as_state_dict(checkpoint, unsafe_full_unpickle)
-    mapped, unexpected = {}, []
-    for key, tensor in state.items():
-        own = _vision_key(key)
-        if own is not None:
-            mapped[own] = (key, tensor)
-        elif not (_is_unused(key) or key.startswith(TEXT_PREFIXES)):
-            unexpected.append(key)
-    return _load(model, mapped, unexpected, source)
-
-
-def load_official_retrieval(
-    model: UMTRetrieval, checkpoint, *, unsafe_full_unpickle: bool = False
-) -> tuple[list[str], list[str]]:
-    """Load a whole official UMT retrieval checkpoint (vision + text) into a :class:`UMTRetrieval`.
-
-    As :func:`load_official`, plus ``text_encoder.*``, ``text_proj.*`` and ``itm_head.*``; a
-    pre-trained file's ``text_encoder.bert.X`` is read as ``text_encoder.X`` (what UMT does for
-    zero-shot evaluation). Returns ``(missing, unexpected)`` over the whole model.
-    """
-    state, source = _as_state_dict(checkpoint, unsafe_full_unpickle)
-    mapped, unexpected = {}, []
-    for key, tensor in state.items():
-        own = _vision_key(key)
-        if own is not None:
-            mapped["vision." + own] = (key, tensor)
-            continue
-        if key.startswith("text_encoder.bert."):
-            own = "text_encoder." + key[len("text_encoder.bert.") :]
-        else:
-            own = key
-        if _is_unused(own):
-            continue
-        if own.startswith(TEXT_PREFIXES):
-            mapped[own] = (key, tensor)
-        else:
-            unexpected.append(key)
-    return _load(model, mapped, unexpected, source)
-
-
 # ------------------------------------------------------------------------------------------ config entry
 
 
-#: Keys a model config (``repshift/configs/model/umt_*.yaml``) may hold.
-CONFIG_KEYS = frozenset(
-    ("family", "name", "size", "num_frames", "part", "pretrained", "checkpoint", "unsafe_full_unpickle", "tokenizer",
-     "vision", "text")
-)
-
-
-#: One buildable part of a UMT model: ``make(size, num_frames, vision_overrides, config) -> model`` and the
-#: loader of an official checkpoint into it (returning ``(missing, unexpected)``).
-Part = tuple[Callable[[str, int, dict, Mapping[str, Any]], nn.Module], Callable[..., tuple[list[str], list[str]]]]
-
-
-def build_part(config: Mapping[str, Any], parts: Mapping[str, Part], *, default_part: str, what: str,
-               config_keys: frozenset = CONFIG_KEYS) -> tuple[nn.Module, dict]:
-    """``(model, weights)`` of ``parts[config.part]``, as ``repshift.models.build_model`` returns them.
-
-    Shared by the UMT builders (retrieval here, QA in :mod:`repshift.models.umt_qa`). With ``checkpoint``
-    set, a checkpoint key the model does not use, or a model key the checkpoint lacks, is an error: a
-    partly loaded model would evaluate silently wrong.
-    """
-    unknown = set(config) - config_keys
-    if unknown:
-        raise ValueError(f"unknown {what} model config keys {sorted(unknown)}; known: {sorted(config_keys)}")
-    if config.get("pretrained"):
-        raise ValueError(
-            "UMT has no weights on a hub: set model.pretrained=false and pass an official file "
-            "with model.checkpoint=..."
-        )
-    size = config.get("size", "b")
-    part = config.get("part", default_part)
-    if part not in parts:
-        raise ValueError(f"model.part must be one of {sorted(parts)} for a {what} model, got {part!r}")
-    make, loader = parts[part]
-    model = make(size, int(config.get("num_frames", 12)), dict(config.get("vision") or {}), config)
-    checkpoint = config.get("checkpoint")
-    if not checkpoint:
-        return model, {"real": False, "source": "random-init"}
-    missing, unexpected = loader(model, checkpoint, unsafe_full_unpickle=bool(config.get("unsafe_full_unpickle")))
-    if missing or unexpected:
-        raise RuntimeError(
-            f"model.checkpoint={checkpoint} does not fit {what} size {size.upper()} (part {part}): "
-            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
-            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
-        )
-    return model, {"real": True, "source": f"file:{os.path.abspath(checkpoint)}"}
-
-
 def build(config: Mapping[str, Any]) -> tuple[nn.Module, dict]:
-    """A UMT retrieval model config -> ``(model, weights)`` (:func:`build_part`).
+    """A UMT retrieval model config (``_target_: repshift.models.umt.build``) -> ``(model, weights)``
+    (:func:`repshift.models.umt_weights.build_part`).
 
     ``part: vision`` gives the vision encoder only (benchmarks, GFLOPs), ``part: retrieval`` the whole model.
     """

@@ -1,4 +1,4 @@
-"""UMT's video question answering model (``UMT_QA``), loading the official QA checkpoints.
+"""UMT's video question answering model (``UMT_QA``); its official checkpoints load through :mod:`repshift.models.umt_weights`.
 
 Three parts, as in UMT's ``models/umt_qa.py``:
 
@@ -16,13 +16,12 @@ Three parts, as in UMT's ``models/umt_qa.py``:
 Answers are not generated: :meth:`UMTQA.rank_answers` ranks a fixed answer list as UMT does (see there).
 
 State-dict keys: ``vision.*`` (:class:`~repshift.models.umt.UMTVision`'s), then the official ``text_encoder.*``,
-``text_decoder.bert.*`` and ``text_decoder.cls.predictions.*``. :func:`load_official_qa` maps an official file
-onto them (``vision_encoder.encoder.X`` -> ``vision.X``).
+``text_decoder.bert.*`` and ``text_decoder.cls.predictions.*``. :func:`repshift.models.umt_weights.load_official_qa`
+maps an official file onto them (``vision_encoder.encoder.X`` -> ``vision.X``).
 """
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -31,29 +30,15 @@ from torch import Tensor, nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer, BertOnlyMLMHead
 
-from repshift.models.umt import UMTVision, _as_state_dict, _load, _vision_key, build_part, text_side, vision_encoder
-from repshift.models.umt_text import TOKENIZER, UMTTextEncoder
+from repshift.models.umt import UMTVision, text_side, vision_encoder
+from repshift.models.umt_text import TOKENIZER, UMTTextEncoder, tokenize
+from repshift.models.umt_weights import build_part, load_official_qa, load_qa_vision
 
-log = logging.getLogger("repshift.models.umt_qa")
 
 #: UMT's padding-mask convention (``(1 - mask) * -10000`` added to the logits), also for the causal mask.
 _MASKED_LOGIT = -10000.0
 #: Label value that cross-entropy ignores: UMT sets every padding position of an answer to it.
 IGNORE_INDEX = -100
-
-#: Parameters of the model that are the same tensor as another: ``alias -> source`` (own key names).
-TIED = {
-    "text_decoder.cls.predictions.decoder.weight": "text_decoder.bert.embeddings.word_embeddings.weight",
-    "text_decoder.cls.predictions.decoder.bias": "text_decoder.cls.predictions.bias",
-}
-#: Checkpoint entries a QA evaluation does not use: the CLIP teacher and pre-training decoders kept in released
-#: files, the contrastive temperature, BERT's position-id buffers (transformers rebuilds them).
-UNUSED_PREFIXES = ("clip_teacher.", "vision_encoder.clip_decoder.")
-UNUSED_KEYS = ("temp", "text_encoder.embeddings.position_ids", "text_decoder.bert.embeddings.position_ids")
-#: Retrieval heads a *pre-trained* file holds and UMT's QA model deletes (``vision_proj``, ``text_proj``, ``temp``,
-#: ``itm_head``; its ViT has no ``pool_norm``). A fine-tuned QA file has none of them.
-PRETRAINED_ONLY_PREFIXES = ("vision_encoder.pool_norm.", "vision_proj.", "text_proj.", "itm_head.")
-_WORD_EMBEDDINGS = "text_encoder.embeddings.word_embeddings.weight"
 
 
 class UMTTextDecoder(nn.Module):
@@ -172,12 +157,8 @@ class UMTQA(nn.Module):
         return top_ids.gather(1, order), scores.gather(1, order)
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:
-        """``(input_ids, attention_mask)`` ``[len(texts), max_length]``, padded to ``max_length`` as UMT does."""
-        if self.tokenizer is None:
-            raise RuntimeError("this UMTQA has no tokenizer; build it with tokenizer=... (a folder or hub name)")
-        batch = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
-                               return_tensors="pt")
-        return batch["input_ids"], batch["attention_mask"]
+        """``(input_ids, attention_mask)`` ``[len(texts), max_length]`` (:func:`repshift.models.umt_text.tokenize`)."""
+        return tokenize(self.tokenizer, texts, max_length, owner=type(self).__name__)
 
     def tokenize_answers(self, answers: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:
         """The answer list as UMT feeds it to the decoder: each answer followed by ``" [SEP]"`` (its end of answer)."""
@@ -207,118 +188,12 @@ def qa_model(
     return UMTQA(vision_model, text_encoder, text_decoder, tokenizer)
 
 
-# ------------------------------------------------------------------------------------------ loading
-
-
-def remap_pretrained(state: Mapping[str, Tensor], fusion_layer: int) -> dict[str, Tensor]:
-    """A pre-trained UMT file's keys as UMT's QA fine-tuning reads them (``tasks/shared_utils.py::setup_model``).
-
-    ``text_encoder.bert.X`` becomes ``text_encoder.X`` (every layer), and the decoder is initialised from the
-    same weights: the embeddings, the layers from ``fusion_layer`` on renumbered from 0
-    (``text_encoder.bert.encoder.layer.{fusion_layer + i}`` -> ``text_decoder.bert.encoder.layer.{i}``), and the
-    masked-LM head ``text_encoder.cls.*`` -> ``text_decoder.cls.*``. Other keys are kept as they are.
-    """
-    out: dict[str, Tensor] = {}
-    for key, tensor in state.items():
-        if key.startswith("text_encoder.bert."):
-            rest = key[len("text_encoder.bert."):]
-            out["text_encoder." + rest] = tensor
-            if rest.startswith("encoder.layer."):
-                number, tail = rest[len("encoder.layer."):].split(".", 1)
-                if int(number) >= fusion_layer:
-                    out[f"text_decoder.bert.encoder.layer.{int(number) - fusion_layer}.{tail}"] = tensor
-            else:
-                out["text_decoder.bert." + rest] = tensor
-        elif key.startswith("text_encoder.cls."):
-            out["text_decoder." + key[len("text_encoder."):]] = tensor
-        else:
-            out[key] = tensor
-    return out
-
-
-def _check_text_width(state: Mapping[str, Tensor], model: UMTQA, source: str) -> None:
-    width = model.text_encoder.config.hidden_size
-    found = state.get(_WORD_EMBEDDINGS)
-    if found is not None and found.ndim == 2 and found.shape[1] != width:
-        names = {768: "BERT-base (UMT-B)", 1024: "BERT-large (UMT-L)"}
-        raise ValueError(
-            f"{source}: {_WORD_EMBEDDINGS} is {found.shape[1]} wide, {names.get(found.shape[1], 'another BERT')}, but "
-            f"the model's text encoder is {width} wide, {names.get(width, 'a custom size')}: build the size that "
-            "matches the file (model=umt_b_qa or umt_l_qa). UMT's own qa_msrvtt/b16_25m.py config builds an "
-            "L/16 + BERT-large model, so check which size a 'b16' QA file really holds."
-        )
-
-
-def load_official_qa(model: UMTQA, checkpoint, *, unsafe_full_unpickle: bool = False) -> tuple[list[str], list[str]]:
-    """Load an official UMT QA checkpoint (or a pre-trained one, remapped) into ``model``.
-
-    ``checkpoint``: a path (read by :func:`repshift.checkpoints.load_checkpoint`, no full unpickle unless asked)
-    or an already loaded ``{"model": state_dict}`` / state_dict. A fine-tuned QA file's keys map one to one
-    (``vision_encoder.encoder.X`` -> ``vision.X``; ``text_encoder.*``, ``text_decoder.*`` as they are); a file
-    with ``text_encoder.bert.*`` keys and no decoder is a pre-trained one and is read through
-    :func:`remap_pretrained`, its retrieval heads ignored. A text width that is not the model's, or any other
-    shape that differs, raises ``ValueError`` naming the key. The tied decoder matrix and bias may be given
-    under either name; two different tensors under the two names are an error (this model cannot hold both).
-    Returns ``(missing, unexpected)``: model keys the file lacks, and file keys that fit nowhere (leaving out
-    the known unused ones: CLIP teacher and decoders, ``temp``, position-id buffers).
-    """
-    state, source = _as_state_dict(checkpoint, unsafe_full_unpickle)
-    pretrained = any(k.startswith("text_encoder.bert.") for k in state) and not any(
-        k.startswith("text_decoder.") for k in state)
-    if pretrained:
-        state = remap_pretrained(state, model.text_encoder.fusion_layer)
-    _check_text_width(state, model, source)
-    mapped: dict[str, tuple[str, Tensor]] = {}
-    unexpected: list[str] = []
-    for key, tensor in state.items():
-        if key in UNUSED_KEYS or key.startswith(UNUSED_PREFIXES):
-            continue
-        if pretrained and key.startswith(PRETRAINED_ONLY_PREFIXES):
-            continue
-        own = _vision_key(key)
-        if own is not None:
-            mapped["vision." + own] = (key, tensor)
-        elif key.startswith(("text_encoder.", "text_decoder.")):
-            mapped[key] = (key, tensor)
-        else:
-            unexpected.append(key)
-    for alias, origin in TIED.items():
-        if alias not in mapped:
-            continue
-        if origin in mapped:
-            if not torch.equal(mapped[alias][1], mapped[origin][1]):
-                raise ValueError(f"{source}: {alias} differs from {origin}; UMT ties them and so does this model")
-            del mapped[alias]
-        else:  # only the alias in the file: load the shared tensor through its own name
-            mapped[origin] = mapped.pop(alias)
-    missing, unexpected = _load(model, mapped, unexpected, source)
-    return [key for key in missing if key not in TIED], unexpected
-
-
 # ------------------------------------------------------------------------------------------ config entry
-
-#: Keys a QA model config (``repshift/configs/model/umt_*_qa.yaml``) may hold.
-CONFIG_KEYS = frozenset(
-    ("name", "size", "num_frames", "part", "pretrained", "checkpoint", "unsafe_full_unpickle", "tokenizer",
-     "vision", "text")
-)
-
-
-def _load_vision_only(model: UMTVision, checkpoint, *, unsafe_full_unpickle: bool = False):
-    """The encoder of a QA file: ``vision_encoder.encoder.*``; the text side is expected and ignored."""
-    state, source = _as_state_dict(checkpoint, unsafe_full_unpickle)
-    mapped, unexpected = {}, []
-    for key, tensor in state.items():
-        own = _vision_key(key)
-        if own is not None:
-            mapped[own] = (key, tensor)
-        elif not (key in UNUSED_KEYS or key.startswith(UNUSED_PREFIXES + ("text_encoder.", "text_decoder."))):
-            unexpected.append(key)
-    return _load(model, mapped, unexpected, source)
 
 
 def build(config: Mapping[str, Any]) -> tuple[nn.Module, dict]:
-    """A QA model config (``family: umt_qa``) -> ``(model, weights)`` (:func:`repshift.models.umt.build_part`).
+    """A QA model config (``_target_: repshift.models.umt_qa.build``) -> ``(model, weights)``
+    (:func:`repshift.models.umt_weights.build_part`).
 
     ``part: qa`` gives the whole model, ``part: vision`` its encoder only (no pooling head: benchmarks, GFLOPs).
     """
@@ -329,5 +204,5 @@ def build(config: Mapping[str, Any]) -> tuple[nn.Module, dict]:
     def encoder(size, num_frames, vision, config):
         return vision_encoder(size, num_frames, **{**vision, "pooled": False})
 
-    parts = {"qa": (qa, load_official_qa), "vision": (encoder, _load_vision_only)}
-    return build_part(config, parts, default_part="qa", what="UMT QA", config_keys=CONFIG_KEYS)
+    parts = {"qa": (qa, load_official_qa), "vision": (encoder, load_qa_vision)}
+    return build_part(config, parts, default_part="qa", what="UMT QA")

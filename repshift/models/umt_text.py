@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -129,6 +129,19 @@ class UMTTextEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int, *, owner: str = "this model") -> tuple[Tensor, Tensor]:
+    """``(input_ids, attention_mask)`` ``[len(texts), max_length]``, padded to ``max_length`` as UMT does.
+
+    What the UMT models' ``tokenize`` methods do with their tokenizer. Texts should already be cleaned the UMT
+    way (``pre_text``: lower case, punctuation removed).
+    """
+    if tokenizer is None:
+        raise RuntimeError(f"{owner} has no tokenizer; build it with tokenizer=... (a folder or hub name)")
+    batch = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
+
 
 #: Vocabulary of :func:`tiny_tokenizer`: BERT's special tokens, then characters and their "##" forms,
 #: so that any lower-case ASCII text tokenizes (character by character) without [UNK], filled up with
