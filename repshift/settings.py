@@ -94,6 +94,8 @@ class Model(_Node):
     checkpoint: Optional[StrictStr] = None
     #: the safety switch: only a real boolean opens it
     unsafe_full_unpickle: StrictBool = False
+    #: resample position / patch embeddings of a file trained at another size (recorded in the result)
+    resample_embeddings: StrictBool = False
     input_size: list[Count]
     unit: StrictStr
     family: Optional[StrictStr] = None

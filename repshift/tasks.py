@@ -70,7 +70,8 @@ def _loader_settings(cfg: DictConfig, device: torch.device) -> dict:
 def _classification(model, cfg: DictConfig, device: torch.device, run_dir: Path) -> tuple[dict, dict]:
     dataset = build_dataset(cfg.dataset, split=cfg.dataset.split)
     metrics = evaluate_classification(model, dataset, **_loader_settings(cfg, device))
-    log.info("top-1 %.2f  top-5 %.2f  (n=%d, skipped=%d)", *(metrics[k] for k in ("top1", "top5", "n", "skipped")))
+    top5 = "-" if metrics["top5"] is None else f"{metrics['top5']:.2f}"  # None: fewer than 5 classes
+    log.info("top-1 %.2f  top-5 %s  (n=%d, skipped=%d)", metrics["top1"], top5, metrics["n"], metrics["skipped"])
     return describe_dataset(cfg.dataset, dataset), metrics
 
 
