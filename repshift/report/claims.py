@@ -225,8 +225,9 @@ class _Outcome:
     ours: Optional[float]
     passed: Optional[bool]
     text: str
-    why: str = ""
+    why: str = ""  # without the part's label: parts with the same reason are named together
     evidence: list[str] = field(default_factory=list)
+    label: str = ""
 
 
 def _signed(value: float) -> str:
@@ -239,7 +240,7 @@ def _paper_text(claim: Claim) -> str:
     if claim.rule == "difference":
         return ", ".join(f"{_signed(p.paper)} ({p.label})" for p in claim.parts)
     if claim.rule == "value":
-        return ", ".join(f"{p.paper:g} ({p.label})" for p in claim.parts)
+        return ", ".join(f"{p.paper:.1f} ({p.label})" for p in claim.parts)
     if claim.rule == "ordering":
         return ", ".join(f"{p.best} on top ({p.label})" for p in claim.parts)
     return "maps without a number"
@@ -278,11 +279,11 @@ def _speedup(claim: Claim, part: Part, runs: list[Run]) -> _Outcome:
     runs = _in_experiments(runs, claim.experiments, part.model)
     timed = [run for run in runs if run.record.bench is not None]
     if not timed:
-        return _Outcome(None, None, "—", f"no timed run of {part.label} ({', '.join(claim.experiments)})")
+        return _Outcome(None, None, "—", f"no timed run ({', '.join(claim.experiments)})")
     shrunk = [(run, architecture_problem(run.record, part.input)) for run in timed]
     faithful = [run for run, problem in shrunk if problem is None]
     if not faithful:
-        return _Outcome(None, None, "—", f"{part.label}: {shrunk[0][1]}: not the paper's network",
+        return _Outcome(None, None, "—", f"{shrunk[0][1]}: not the paper's network",
                         [run.path for run, _ in shrunk])
     datasets = claim.datasets or [None]
     ratios, used, devices = [], [], set()
@@ -308,7 +309,7 @@ def _speedup(claim: Claim, part: Part, runs: list[Run]) -> _Outcome:
         if ratios:
             break
     if not ratios:
-        return _Outcome(None, None, "—", f"{part.label}: no pair of runs ({part.of.method} and {part.over.method}) "
+        return _Outcome(None, None, "—", f"no pair of runs ({part.of.method} and {part.over.method}) "
                         "timed on one device" + (f" for all {len(datasets)} benchmarks" if claim.datasets else ""),
                         [run.path for run in faithful])
     ours = sum(ratios) / len(ratios)
@@ -317,7 +318,7 @@ def _speedup(claim: Claim, part: Part, runs: list[Run]) -> _Outcome:
     text = f"×{ours:.2f} ({part.label}; {where})"
     paths = [run.path for run in used]
     if not _is_gpu(used[0].record):
-        return _Outcome(ours, None, text, f"needs a GPU: {part.label} timed on a CPU only", paths)
+        return _Outcome(ours, None, text, "needs a GPU: timed on a CPU only", paths)
     return _Outcome(ours, ours >= part.paper * (1 - claim.tolerance), text, evidence=paths)
 
 
@@ -345,15 +346,16 @@ def _groups(claim: Claim) -> tuple[list, Any]:
     return [None], lambda r: None
 
 
-def _why_not_real(claim: Claim, part: Part, runs: list[Run]) -> str:
+def _why_not_real(claim: Claim, runs: list[Run]) -> str:
+    """Why the records of a comparison (``runs``: those its selections match) cannot speak to an accuracy claim."""
     needs = [n for n in (claim.needs.weights, claim.needs.data) if n]
     what = "; needs " + " and ".join(needs) if needs else ""
     if not runs:
-        return f"no run of {part.label} ({', '.join(claim.experiments)}){what}"
+        return f"no run ({', '.join(claim.experiments)}){what}"
     random = any(not r.record.weights.real for r in runs)
     synthetic = any(r.record.dataset is not None and r.record.dataset.synthetic for r in runs)
     kinds = " and ".join(k for k, hit in (("random weights", random), ("synthetic data", synthetic)) if hit)
-    return f"{part.label}: only runs on {kinds or 'other data'}{what}"
+    return f"only runs on {kinds or 'other data'}{what}"
 
 
 def _difference(claim: Claim, part: Part, runs: list[Run], of: Selection, over: Selection, setting: bool) -> _Outcome:
@@ -367,10 +369,11 @@ def _difference(claim: Claim, part: Part, runs: list[Run], of: Selection, over: 
     a, a_runs, a_missing = _accuracy_value(claim, of, real, metric, groups or [None], key)
     b, b_runs, b_missing = _accuracy_value(claim, over, real, metric, groups or [None], key)
     if a is None or b is None or not groups:
-        if not setting and not [r for r in real if of.matches(r.record) or over.matches(r.record)]:
-            return _Outcome(None, None, "—", _why_not_real(claim, part, runs), [r.path for r in runs])
+        relevant = [r for r in runs if of.matches(r.record) or over.matches(r.record)]
+        if not setting and not [r for r in relevant if not r.record.tainted]:
+            return _Outcome(None, None, "—", _why_not_real(claim, relevant), [r.path for r in relevant])
         missing = sorted(set(a_missing) | set(b_missing))
-        return _Outcome(None, None, "—", f"{part.label}: missing {', '.join(missing) or 'runs'}",
+        return _Outcome(None, None, "—", f"missing {', '.join(missing) or 'runs'}",
                         [r.path for r in a_runs + b_runs])
     ours = a - b
     text = f"{_signed(ours)} ({part.label}: {a:.2f} vs {b:.2f})"
@@ -394,9 +397,10 @@ def _ordering(claim: Claim, part: Part, runs: list[Run], setting: bool) -> _Outc
         per_block[name] = {block: _pick(group) for block, group in chosen.items()}
     shared = set.intersection(*(set(b) for b in per_block.values())) if per_block else set()
     if not shared:
-        if not setting and not single:
-            return _Outcome(None, None, "—", _why_not_real(claim, part, runs), [r.path for r in runs])
-        return _Outcome(None, None, "—", f"{part.label}: no pruned block that every score ({', '.join(per_block)}) "
+        relevant = [r for r in runs if any(s.matches(r.record) for s in part.candidates.values())]
+        if not setting and not [r for r in relevant if not r.record.tainted]:
+            return _Outcome(None, None, "—", _why_not_real(claim, relevant), [r.path for r in relevant])
+        return _Outcome(None, None, "—", f"no pruned block that every score ({', '.join(per_block)}) "
                         "ran", [r.path for r in single])
     means = {name: sum(blocks[b].record.metric_value(part.metric) for b in shared) / len(shared)
              for name, blocks in per_block.items()}
@@ -412,17 +416,15 @@ def _value(claim: Claim, part: Part, runs: list[Run]) -> _Outcome:
     runs = [r for r in _in_experiments(runs, claim.experiments, part.model)
             if part.of.matches(r.record) and r.record.gmacs is not None]
     if not runs:
-        return _Outcome(None, None, "—", f"no run of {part.label} with a GMACs count ({', '.join(claim.experiments)})")
+        return _Outcome(None, None, "—", f"no run with a GMACs count ({', '.join(claim.experiments)})")
     faithful = [r for r in runs if architecture_problem(r.record, part.input) is None]
     if not faithful:
-        return _Outcome(None, None, "—", f"{part.label}: {architecture_problem(runs[0].record, part.input)}: not the "
+        return _Outcome(None, None, "—", f"{architecture_problem(runs[0].record, part.input)}: not the "
                         "paper's network", [r.path for r in runs])
     run = _pick(faithful)
     ours = run.record.gmacs
-    decimals = len(f"{part.paper:g}".partition(".")[2])
-    bound = max(0.5 * 10 ** -decimals, claim.tolerance * part.paper)
-    return _Outcome(ours, abs(ours - part.paper) <= bound + 1e-9, f"{ours:.{max(decimals, 2)}f} ({part.label})",
-                    evidence=[run.path])
+    bound = max(0.05, claim.tolerance * part.paper)  # the paper gives GFLOPs to one decimal
+    return _Outcome(ours, abs(ours - part.paper) <= bound + 1e-9, f"{ours:.2f} ({part.label})", evidence=[run.path])
 
 
 def _mask_auroc(runs: list[Run], setting: Setting) -> _Outcome:
@@ -459,13 +461,18 @@ def _realweights_auroc(study: Optional[RealWeightsStudy], path: str) -> _Outcome
 
 def _combine(outcomes: list[_Outcome]) -> tuple[str, str]:
     """A claim's verdict from its parts': any measured part failing -> not reproduced; all passing -> reproduced;
-    otherwise not measured, with why."""
+    otherwise not measured, with why (parts with one reason named together)."""
     if any(o.passed is False for o in outcomes):
         failed = [o.text for o in outcomes if o.passed is False]
         return "not reproduced", "below the rule: " + "; ".join(failed)
     if outcomes and all(o.passed for o in outcomes):
         return "reproduced", ""
-    return "not measured", "; ".join(o.why for o in outcomes if o.passed is None and o.why)
+    reasons: dict[str, list[str]] = {}
+    for o in outcomes:
+        if o.passed is None and o.why:
+            reasons.setdefault(o.why, []).append(o.label)
+    return "not measured", "; ".join((", ".join(filter(None, labels)) + ": " if any(labels) else "") + why
+                                     for why, labels in reasons.items())
 
 
 def evaluate(claim: Claim, runs: list[Run], study: Optional[RealWeightsStudy] = None,
@@ -483,7 +490,11 @@ def evaluate(claim: Claim, runs: list[Run], study: Optional[RealWeightsStudy] = 
         outcomes = [_value(claim, p, runs) for p in claim.parts]
     else:
         outcomes = [_Outcome(None, None, "—", "the paper shows maps without masks; measured only in other settings")]
+    for part, outcome in zip(claim.parts, outcomes):
+        outcome.label = part.label
     verdict, why = _combine(outcomes)
+    if verdict == "not measured" and claim.experiments:
+        why += f" (make {' / make '.join(claim.make.split())})"
     rows.append(Row(claim.id, claim.statement, claim.where, "paper", _paper_text(claim),
                     "; ".join(o.text for o in outcomes if o.ours is not None) or "—", verdict,
                     why if verdict != "not measured" or why else "no evidence",
@@ -507,7 +518,7 @@ def evaluate(claim: Claim, runs: list[Run], study: Optional[RealWeightsStudy] = 
         direction = {"difference": "the direction only (> 0)", "ordering": "which score is on top",
                      "foreground": "AUROC above chance (0.5)"}[claim.rule]
         rows.append(Row(claim.id, claim.statement, claim.where, setting.setting, direction, outcome.text, verdict,
-                        outcome.why or f"{SETTINGS[setting.setting]}: tests {direction}", outcome.evidence))
+                        outcome.why, outcome.evidence))
     return rows
 
 

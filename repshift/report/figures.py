@@ -28,7 +28,7 @@ from repshift.report.core import (
 )
 from repshift.report.image_tables import T8_COLUMNS
 
-__all__ = ["plot_layer_curves", "save_figure", "log_images", "layer_figure", "make_layer_figures", "LAYER_FIGURES",
+__all__ = ["layer_curves", "plot_layer_curves", "save_figure", "log_images", "layer_figure", "make_layer_figures", "LAYER_FIGURES",
            "figure_logger", "EXTERNAL_FIGURES", "collect_external_figures", "TAINT_NOTE"]
 
 
@@ -37,13 +37,12 @@ def _layer_index(col: Any) -> float | None:
     return float(m.group()) if m else None
 
 
-def plot_layer_curves(df: Any, path: str | os.PathLike, ylabel: str = "top-1 (%)",
-                      title: str | None = None, xlabel: str = "pruned layer (0-based block)") -> Path:
+def layer_curves(df: Any, ylabel: str = "top-1 (%)", title: str | None = None,
+                 xlabel: str = "pruned layer (0-based block)") -> Figure:
     """One line per row of a fig3 / fig5 table (columns ``layer k``); a dashed red line per baseline.
 
     The baseline comes from ``df.attrs["baseline"]`` (``{model: top-1}`` or a number) when present.
     """
-    path = Path(path)
     cols = [c for c in df.columns if _layer_index(c) is not None]
     xs = [_layer_index(c) for c in cols]
     order = np.argsort(xs)
@@ -77,8 +76,14 @@ def plot_layer_curves(df: Any, path: str | os.PathLike, ylabel: str = "top-1 (%)
     if len(df) or items:
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_layer_curves(df: Any, path: str | os.PathLike, ylabel: str = "top-1 (%)", title: str | None = None) -> Path:
+    """:func:`layer_curves` of ``df`` written to ``path`` (PNG)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    layer_curves(df, ylabel=ylabel, title=title).savefig(path, dpi=120)
     return path
 
 

@@ -74,6 +74,7 @@ def overlay_grid(images: Sequence[np.ndarray], maps: Sequence[Sequence[Optional[
         raise ValueError(f"{rows} images, {len(maps)} rows of maps and {len(row_labels)} row labels: need one per row")
     fig = Figure(figsize=(panel_size * (1 + columns) + (0.9 if colorbar else 0.2),
                           panel_size * rows + 0.5 + 0.15 * title.count("\n")), layout="constrained")
+    fig.get_layout_engine().set(h_pad=0.08)  # room for the descenders of the bottom row's captions
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, 1 + columns, squeeze=False)
     for i, image in enumerate(images):
