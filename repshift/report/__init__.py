@@ -12,5 +12,7 @@ score maps from a model lives with the runner (:mod:`repshift.maps`) and hands t
 - :mod:`repshift.report.html`: one self-contained page.
 - ``python -m repshift.report --help``: the command line.
 
-Importing the package loads nothing else; pandas and matplotlib load with the modules that need them.
+No module here imports model, adapter, data or benchmark code (tests/test_report.py reads the imports), nor
+torch; pandas and matplotlib load with the modules that need them. The parent package does load torch:
+``import repshift`` brings ``repshift.patch`` for ``repshift.patch(model, ...)``.
 """

@@ -1,4 +1,4 @@
-"""``python -m repshift.report <command>``: tables, figures, the HTML page and the claims ledger from run records.
+"""python -m repshift.report <command>: tables, figures, the HTML page and the claims ledger from run records.
 
     table NAME     one paper-shaped table: prints it, writes <out>/NAME.md and .csv (+ .png for fig3 / fig5 / fig3_umt)
     figures        the per-layer accuracy figures (Figs. 3 / 5, readings) as PNG + PDF, plus copies of Figs. 1 and 7
@@ -7,10 +7,10 @@
     html           one self-contained page: the claims ledger, every table with records, every figure
     claims         the claims ledger: each headline claim of the paper, our measurement, a verdict
 
-Every command reads run records (``result.json``, :mod:`repshift.record`) under ``--results`` (default
-``outputs``); a file that does not validate is reported with its path and why, and the rest is used.
-``python -m repshift.report <command> --help`` lists a command's options. The ``key=value`` spelling of
-earlier releases still works (``python -m repshift.report table=table5 results=outputs``).
+Every command reads run records (result.json, repshift.record) under --results (default outputs); a file
+that does not validate is reported with its path and why, and the rest is used.
+`python -m repshift.report <command> --help` lists a command's options. The key=value spelling of earlier
+releases still works (`python -m repshift.report table=table5 results=outputs`).
 """
 from __future__ import annotations
 
