@@ -296,18 +296,21 @@ def parser() -> Parser:
     maps = commands.add_parser("maps", help="Figs. 4 / 6: class attention vs representation-shift maps",
                                description="Figs. 4 / 6: class attention vs representation-shift maps of a ViT.")
     maps.add_argument("overrides", nargs="*", metavar="model.KEY=VALUE", help="overrides of the model config")
-    maps.add_argument("--model", default=None, help="a config of repshift/configs/model/ (default deit_b; tiny with --smoke)")
+    maps.add_argument("--model", default=None,
+                      help="a config of repshift/configs/model/ (default deit_b; tiny with --smoke)")
     maps.add_argument("--dataset", default="imagenet", choices=("imagenet", "shapebench"),
                       help="imagenet: an ImageNet-layout folder (DeiT's eval transform); shapebench: masks outlined")
     maps.add_argument("--data", default=None, help="the dataset root holding val/ (default $REPSHIFT_DATA/imagenet)")
-    maps.add_argument("--images", type=int, default=None, help="rows, evenly spaced over the split (default 4; 3 with --smoke)")
+    maps.add_argument("--images", type=int, default=None,
+                      help="rows, evenly spaced over the split (default 4; 3 with --smoke)")
     maps.add_argument("--blocks", type=int_list, default=PAPER_BLOCKS, help="0-based blocks (default 0,4,8)")
     maps.add_argument("--figures", type=str_list, default=tuple(MAP_FIGURES), help="fig6,fig4 or one of them")
     maps.add_argument("--out", default="outputs/figures")
     maps.add_argument("--logger", choices=("wandb", "none"), default=None, help="default wandb (none with --smoke)")
     maps.add_argument("--device", default="cpu")
     maps.add_argument("--dpi", type=int, default=100, help="of the PNG")
-    maps.add_argument("--smoke", action="store_true", help="the SMOKE setting: a 12-block random tiny ViT on ShapeBench")
+    maps.add_argument("--smoke", action="store_true",
+                      help="the SMOKE setting: a 12-block random tiny ViT on ShapeBench")
     fig7 = commands.add_parser("fig7", help="Fig. 7: the representation shift of every ResNet-50 stage",
                                description="Fig. 7: the representation-shift map of every stage of a timm ResNet.")
     fig7.add_argument("--image", action="append", default=[], help="an image file (repeatable); default: ShapeBench")

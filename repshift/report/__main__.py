@@ -69,7 +69,8 @@ def parser() -> Parser:
     claims.add_argument("--results", action="append", default=None,
                         help="a results root, searched recursively (repeatable; default outputs)")
     claims.add_argument("--realweights", default=None,
-                        help="realweights.json of `make real-weights` (default <first root>/realweights/realweights.json)")
+                        help="realweights.json of `make real-weights` "
+                             "(default <first root>/realweights/realweights.json)")
     claims.add_argument("--out", default=None, help="default <first root>/claims")
     claims.add_argument("--readme", default=None, metavar="README.md",
                         help="also rewrite the README's claims block from this ledger (and docs/claims.json beside it)")
@@ -176,8 +177,8 @@ def _claims(args) -> int:
     if args.check_readme:
         readme = Path(args.check_readme)
         snapshot = readme.parent / "docs" / "claims.json"
-        expected = replace_readme_block(readme.read_text(encoding="utf-8"),
-                                        readme_block(Ledger.from_json(json.loads(snapshot.read_text(encoding="utf-8")))))
+        recorded = Ledger.from_json(json.loads(snapshot.read_text(encoding="utf-8")))
+        expected = replace_readme_block(readme.read_text(encoding="utf-8"), readme_block(recorded))
         if expected != readme.read_text(encoding="utf-8"):
             print(f"error: the claims block of {readme} is not what {snapshot} renders: run make claims-readme",
                   file=sys.stderr)

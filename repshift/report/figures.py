@@ -28,8 +28,8 @@ from repshift.report.core import (
 )
 from repshift.report.image_tables import T8_COLUMNS
 
-__all__ = ["layer_curves", "plot_layer_curves", "save_figure", "log_images", "layer_figure", "make_layer_figures", "LAYER_FIGURES",
-           "figure_logger", "EXTERNAL_FIGURES", "collect_external_figures", "TAINT_NOTE"]
+__all__ = ["layer_curves", "plot_layer_curves", "save_figure", "log_images", "layer_figure", "make_layer_figures",
+           "LAYER_FIGURES", "figure_logger", "EXTERNAL_FIGURES", "collect_external_figures", "TAINT_NOTE"]
 
 
 def _layer_index(col: Any) -> float | None:

@@ -302,7 +302,8 @@ def build_readings(runs: list[Run]) -> pd.DataFrame:
     for row in sorted(schedule.rows(), key=score_sort_key):
         model, score = row.split(SEP)
         rec = {reading: nan(cells.get((row, reading))) for reading in READINGS}
-        rec["paper"] = paper_value("table5", model, "ours", "acc1", dataset="imagenet") if score == "l2-mlp" else math.nan
+        rec["paper"] = (paper_value("table5", model, "ours", "acc1", dataset="imagenet") if score == "l2-mlp"
+                        else math.nan)
         records.append(rec)
         index.append(row + (f" {DAGGER}" if row in cells.tainted_rows() else ""))
     gap_tainted = {k[0].rsplit(SEP, 1)[0] for k, run in gap_cells.runs.items() if run.record.tainted}

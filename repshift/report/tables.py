@@ -20,6 +20,6 @@ TABLES: tuple[str, ...] = tuple(registry())
 
 
 def build(table: str, runs: Iterable) -> pd.DataFrame:
-    """Build the paper-shaped table ``table`` (one of :data:`TABLES`) from run records: :class:`~repshift.report.core.Run`
-    s, ``(path, record)`` pairs as :func:`repshift.record.scan` gives them, or bare :class:`~repshift.record.RunRecord` s."""
+    """Build the paper-shaped table ``table`` (one of :data:`TABLES`) from run records: ``Run`` s, ``(path, record)``
+    pairs as :func:`repshift.record.scan` gives them, or bare :class:`~repshift.record.RunRecord` s."""
     return builder(table)(as_runs(runs))

@@ -500,7 +500,8 @@ def build_table3(runs: Iterable) -> pd.DataFrame:
     kernels = []
     for model, v in columns + extras:
         ran = sorted({k for (row, col), run in eff.runs.items()
-                      if row.endswith(f"{SEP}throughput") and col == f"{model}{SEP}{v.key}" for k in run.record.bench.kernel})
+                      if row.endswith(f"{SEP}throughput") and col == f"{model}{SEP}{v.key}"
+                      for k in run.record.bench.kernel})
         if ran:
             kernels.append(f"{label(model, v)}: {', '.join(ran)}")
     title = (f"Table 3 — vid-TLDR token merging on video-text retrieval, R@1 = harmonic mean of T2V and V2T R@1 (%); "
