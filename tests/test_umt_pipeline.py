@@ -284,6 +284,9 @@ def test_fig1_points_and_png(tmp_path):
     df = build_fig1(table2_results())
     assert df.loc["UMT-B Attn", "Mean R@1 · ours"] == pytest.approx(48.0)
     assert df.loc["UMT-B Ours+FA", "Throughput · paper"] == 175.0 and df.loc["UMT-B Ours", "Throughput · ours"] == 50.0
+    assert df.loc["UMT-B Ours+FA", "Speed-up × · ours"] == pytest.approx(165.0 / 30.0)  # over Base, one device
+    assert df.loc["UMT-B Ours+FA", "Speed-up × · paper"] == pytest.approx(175 / 32)
+    assert "Throughput · Δ" not in df.columns  # absolute rates on other GPUs are not compared
     png = plot_fig1(list(points.values()), tmp_path / "fig1.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

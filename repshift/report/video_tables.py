@@ -280,8 +280,9 @@ FIG1_LABELS = {"base": "Base", "base+fa": "Base+FA", "attn": "Attn", "ours-sa": 
 
 
 def fig1_points(runs: Iterable) -> list[dict]:
-    """One point per (model, variant) with a throughput: ``{model, variant, label, throughput, mean_r1,
-    datasets, paper_throughput, paper_mean_r1, tainted}``; mean R@1 over the datasets present."""
+    """One point per (model, variant) with a throughput: ``{model, variant, label, throughput, speedup, mean_r1,
+    datasets, paper_throughput, paper_speedup, paper_mean_r1, tainted}``; mean R@1 over the datasets present,
+    speed-up over Base (self-attention) timed on the same device."""
     runs = _video_runs(runs)
     accuracy, efficiency = _collect(runs)
     acc, eff = accuracy.resolve(), efficiency.resolve()
@@ -295,10 +296,13 @@ def fig1_points(runs: Iterable) -> list[dict]:
                 continue
             row_runs = [run for (row, _), run in [*acc.runs.items(), *eff.runs.items()]
                         if row.startswith(f"{model}{SEP}")]
+            timed = {k: eff.runs.get((f"{model}{SEP}throughput", f"{model}{SEP}{k}")) for k in (key, "base")}
+            paper_throughput = _paper_throughput(model, v) if v.paper and v.paper[0] == "table2" else math.nan
             points.append({
                 "model": model, "variant": key, "label": f"{_model_label(model)} {FIG1_LABELS[key]}",
-                "throughput": nan(throughput), "mean_r1": mean, "datasets": len(used),
-                "paper_throughput": _paper_throughput(model, v) if v.paper and v.paper[0] == "table2" else math.nan,
+                "throughput": nan(throughput), "speedup": nan(speedup(timed[key], timed["base"])), "mean_r1": mean,
+                "datasets": len(used), "paper_throughput": paper_throughput,
+                "paper_speedup": paper_throughput / _paper_throughput(model, _BY_KEY["base"]),
                 "paper_mean_r1": _paper_mean_r1(model, v.method) if v.method in ("base", "attn", "ours") else math.nan,
                 "tainted": any(run.record.tainted for run in row_runs),
             })
@@ -315,6 +319,7 @@ def build_fig1(runs: Iterable) -> pd.DataFrame:
         rec: dict = {}
         # no Δ on absolute rates measured on other devices: Table 2's Speed-up row compares ours with the paper's
         rec[f"Throughput{SEP}ours"], rec[f"Throughput{SEP}paper"] = p["throughput"], p["paper_throughput"]
+        paper_cells(rec, "Speed-up ×", None if math.isnan(p["speedup"]) else p["speedup"], p["paper_speedup"])
         paper_cells(rec, "Mean R@1", None if math.isnan(p["mean_r1"]) else p["mean_r1"],
                     p["paper_mean_r1"] if p["datasets"] in (0, len(DATASETS)) else math.nan)
         rec["datasets"] = p["datasets"]
@@ -325,8 +330,8 @@ def build_fig1(runs: Iterable) -> pd.DataFrame:
              f"({bench_desc(runs)}); {data_desc(runs)}")
     notes = ["Paper values are derived from Table 2 (mean of its seven R@1 rows; its throughput row). Ours = "
              "representation shift with self-attention, Ours+FA = with FlashAttention (Table 2's Ours); the paper "
-             "gives no throughput for Ours or Base+FA. Accuracy does not depend on the kernel. No Δ on throughput: "
-             "Table 2's Speed-up row compares ours with the paper's.",
+             "gives no throughput for Ours or Base+FA. Accuracy does not depend on the kernel. No Δ on absolute "
+             "throughput (other GPUs): Speed-up × = throughput / Base (self-attention), each timed on one device.",
              "datasets = how many of the seven benchmarks the mean covers."]
     return finish(df, title, notes, [], any(p["tainted"] for p in points))
 
