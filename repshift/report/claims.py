@@ -401,7 +401,7 @@ def _ordering(claim: Claim, part: Part, runs: list[Run], setting: bool) -> _Outc
         if not setting and not [r for r in relevant if not r.record.tainted]:
             return _Outcome(None, None, "—", _why_not_real(claim, relevant), [r.path for r in relevant])
         return _Outcome(None, None, "—", f"no pruned block that every score ({', '.join(per_block)}) "
-                        "ran", [r.path for r in single])
+                        + ("ran" if setting else "ran on real weights and data"), [r.path for r in single])
     means = {name: sum(blocks[b].record.metric_value(part.metric) for b in shared) / len(shared)
              for name, blocks in per_block.items()}
     others = max(v for name, v in means.items() if name != part.best)
