@@ -30,7 +30,7 @@ RUN_ARGS += hydra.launcher.detach=true
 endif
 # The report of a table; a detached sweep has no results yet, so it says how to make it later.
 report = $(if $(filter 1,$(DETACH)),@echo "queued: follow with 'make status EXP=$(1)$(if $(filter 1,$(SMOKE)), SMOKE=1)'; \
-	when every run is done: $(PY) -m repshift.report table=$(1) results=$(OUTPUTS)",$(PY) -m repshift.report table=$(1) results=$(OUTPUTS))
+	when every run is done: $(PY) -m repshift.report table $(1) --results $(OUTPUTS)",$(PY) -m repshift.report table $(1) --results $(OUTPUTS))
 
 .PHONY: help install test test-slow test-cluster status bench demo data-shapebench clean \
 	reproduce-table1 reproduce-table5 reproduce-table8 reproduce-fig3 reproduce-fig5 reproduce-readings

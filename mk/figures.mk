@@ -1,16 +1,16 @@
-# Figures (`make figures`), the browsable report (`make report`) and the README's images
-# (`make readme-figures`). Included by the Makefile, which defines PY, OUTPUTS, SMOKE, DATA and the
-# reproduce-* sweeps that the figures read.
-.PHONY: figures figure-maps figure-plots report readme-figures
+# Figures (`make figures`), the browsable report (`make report`), the claims ledger (`make claims`) and the
+# README's images and claims block (`make readme-figures`, `make claims-readme`). Included by the Makefile,
+# which defines PY, OUTPUTS, SMOKE, DATA and the reproduce-* sweeps that the figures read.
+.PHONY: figures figure-maps figure-plots report readme-figures claims claims-readme
 
 FIGURES_DIR := $(OUTPUTS)/figures
 ifeq ($(SMOKE),1)
 # SMOKE: a 12-block tiny random ViT on the SMOKE sweeps' ShapeBench images, ground-truth masks outlined
-MAPS_ARGS := smoke=true logger=none
-PLOT_ARGS := logger=none
+MAPS_ARGS := --smoke --logger none
+PLOT_ARGS := --logger none
 else
 # DeiT-B (timm's weights; ARGS_MAPS="model.checkpoint=/path/deit_base.pth") on ImageNet val (DATA=/datasets)
-MAPS_ARGS := model=deit_b $(if $(DATA),data=$(DATA)/imagenet) $(ARGS_MAPS)
+MAPS_ARGS := --model deit_b $(if $(DATA),--data $(DATA)/imagenet) $(ARGS_MAPS)
 PLOT_ARGS :=
 endif
 # Figure 1 and Fig. 3's UMT panel come with the video suite (mk/video.mk), Figure 7 with the ResNet one
@@ -43,13 +43,21 @@ figures: install  ## every figure as PNG + PDF in outputs/figures: the sweeps th
 	$(MAKE) --no-print-directory figure-maps figure-plots
 
 figure-maps: install  ## Figs. 4 / 6: class attention vs representation-shift maps (DeiT-B on ImageNet val, DATA=...) [SMOKE=1]
-	$(PY) -m repshift.report maps $(MAPS_ARGS) out=$(FIGURES_DIR)
+	$(PY) -m repshift.report maps $(MAPS_ARGS) --out $(FIGURES_DIR)
 
 figure-plots: install  ## Figs. 3 / 5 and the readings, from the results already in outputs/ (no sweep) [SMOKE=1]
-	$(PY) -m repshift.report figures results=$(OUTPUTS) out=$(FIGURES_DIR) $(PLOT_ARGS)
+	$(PY) -m repshift.report figures --results $(OUTPUTS) --out $(FIGURES_DIR) $(PLOT_ARGS)
 
-report: install  ## one self-contained page with every table that has results and every figure: outputs/report/index.html [SMOKE=1]
-	$(PY) -m repshift.report html results=$(OUTPUTS) figures=$(FIGURES_DIR) out=$(OUTPUTS)/report
+report: install  ## one self-contained page: the claims ledger, every table that has results, every figure: outputs/report/index.html [SMOKE=1]
+	$(PY) -m repshift.report html --results $(OUTPUTS) --figures $(FIGURES_DIR) --out $(OUTPUTS)/report
+
+# The ledger reads every run record under $(OUTPUTS), recursively: outputs/ holds the SMOKE results (outputs/smoke),
+# the demo's (outputs/demo/runs) and the real-weights tier's numbers (outputs/realweights/realweights.json).
+claims: install  ## the claims ledger: each headline claim of the paper, our measurement, a verdict; writes outputs/claims/ [SMOKE=1]
+	$(PY) -m repshift.report claims --results $(OUTPUTS)
+
+claims-readme: install  ## regenerate the README's claims block (and docs/claims.json) from the ledger of outputs/
+	$(PY) -m repshift.report claims --results $(OUTPUTS) --readme README.md
 
 # The README's two images, from the tiny ViT the demo ships (trained here on ShapeBench, real weights):
 # its maps at early / middle / late blocks (0, 3, 6 of 8, as the demo's figure) and Fig. 3 on ShapeBench.
@@ -60,9 +68,10 @@ readme-figures: install  ## regenerate docs/img/ (README images) from the shippe
 		'compress.layers=[0],[2],[4],[6]' dataset.limit=400 logger=none progress=false paths.output_dir=$(CURDIR)/$(README_RUNS)
 	$(PY) -m repshift.run experiment=fig3 method=base $(README_MODEL) dataset=synthetic \
 		dataset.root=$(CURDIR)/data/shapebench dataset.limit=400 logger=none progress=false paths.output_dir=$(CURDIR)/$(README_RUNS)
-	$(PY) -m repshift.report figures results=$(README_RUNS) out=$(README_RUNS)/figures logger=none dpi=80
-	$(PY) -m repshift.report maps $(README_MODEL) dataset=shapebench data=data/shapebench images=2 'blocks=[0,3,6]' \
-		'figures=[fig6]' out=$(README_RUNS)/figures logger=none dpi=75
+	$(PY) -m repshift.report figures --results $(README_RUNS) --out $(README_RUNS)/figures --logger none --dpi 80
+	$(PY) -m repshift.report maps --model vit_shapebench model.checkpoint=$(CURDIR)/repshift/assets/vit_shapebench.pth \
+		--dataset shapebench --data data/shapebench --images 2 --blocks 0,3,6 --figures fig6 \
+		--out $(README_RUNS)/figures --logger none --dpi 75
 	@mkdir -p docs/img
 	@# 256-colour PNGs keep each image well under 200 KB in the repository
 	$(PY) -c "import sys; from PIL import Image; [Image.open(s).convert('RGB').quantize(256).save(d, optimize=True) \

@@ -16,4 +16,4 @@ reproduce-table6: install  ## Table 6: ResNet-34/50 Base vs line-wise vs token-w
 	$(call report,table6)
 
 reproduce-fig7: install  ## Figure 7: representation-shift map of each ResNet-50 stage over an image (IMAGE=path; default ShapeBench)
-	$(PY) -m repshift.report.fig7 --out $(OUTPUTS)/fig7 $(FIG7_ARGS)
+	$(PY) -m repshift.maps fig7 --out $(OUTPUTS)/fig7 $(FIG7_ARGS)

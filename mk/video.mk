@@ -20,7 +20,7 @@ reproduce-table2: install  ## Table 2: UMT-B/L video-text retrieval, 7 benchmark
 reproduce-fig1: install  ## Figure 1: mean R@1 vs throughput, UMT-B/L, Base / Attn / Ours / Ours+FA (PNG)
 	$(PY) -m repshift.run -m experiment=table2 $(VIDEO_RUN_ARGS)
 	$(PY) -m repshift.run -m experiment=fig1 $(VIDEO_RUN_ARGS)
-	$(if $(filter 1,$(DETACH)),@echo "queued: when every run is done: $(PY) -m repshift.report.fig1 results=$(OUTPUTS)",$(PY) -m repshift.report.fig1 results=$(OUTPUTS))
+	$(if $(filter 1,$(DETACH)),@echo "queued: when every run is done: $(PY) -m repshift.report fig1 --results $(OUTPUTS)",$(PY) -m repshift.report fig1 --results $(OUTPUTS))
 
 reproduce-table1-umt: install  ## Table 1, UMT-B column: FlashAttention vs self-attention on MSRVTT
 	$(PY) -m repshift.run -m experiment=table1_umt $(VIDEO_RUN_ARGS)

@@ -10,9 +10,11 @@
 3. the Table 8 reliability check: keep the top vs the bottom 50 % by representation shift;
 4. agreement of every score map with the known foreground masks (AUROC per block);
 5. a Fig. 6-style PNG: image / attention map / representation-shift map at three depths;
-6. writes it all to outputs/demo/.
+6. writes it all to outputs/demo/: tables, figures, and the mask agreement as run records
+   (`runs/demo_masks/<score>/result.json`), which the claims ledger reads (`make claims`).
 
-Steps 1–3 run `python -m repshift.run` exactly as a user would (the commands are printed).
+Steps 1–3 run `python -m repshift.run` exactly as a user would (the commands are printed); the tables
+and the ledger read the run records they write (repshift.record).
 """
 from __future__ import annotations
 
@@ -33,9 +35,15 @@ from torch.utils.data import Subset
 import repshift
 from repshift.data.shapebench import ShapeBenchDataset
 from repshift.data.transforms import eval_transform
+from repshift import provenance
 from repshift.evaluate.saliency import mask_agreement, patch_coverage
+from repshift.maps import to_uint8_image
 from repshift.models import build_model
-from repshift.report import figures, results, tables
+from repshift.record import Identity, RunRecord, fingerprint, scan
+from repshift.report import tables
+from repshift.report.core import Run, as_runs, precedence
+from repshift.report.figures import save_figure
+from repshift.report.maps import overlay_grid
 
 CAPTION = "ShapeBench, tiny ViT trained here (not ImageNet)"
 # The tiny ViT as trained by this demo with its default settings (28 epochs, ~45 CPU minutes),
@@ -85,15 +93,20 @@ class Demo:
         print("\n$ python -m repshift.run " + " ".join(overrides) + " <demo settings>", flush=True)
         subprocess.run(command, check=True)
 
-    def train(self) -> dict:
+    def train(self) -> RunRecord:
         self.seed_checkpoint()
         self.suite("task=[train,evaluate]", "method.name=trained", "experiment_name=demo_train", "compress=none",
                    "model.checkpoint=null", f"train.output={self.checkpoint}", trained=False)
-        return self.newest("demo_train")[-1]
+        return self.newest("demo_train")[-1].record
 
-    def newest(self, experiment: str) -> list[dict]:
-        """Results of an experiment, oldest first (so the newest run wins wherever two collide)."""
-        return sorted(results.collect(self.runs / experiment), key=lambda r: r["_mtime"])
+    def newest(self, experiment: str) -> list[Run]:
+        """The run records of an experiment in the tables' order of precedence, the one they would use last
+        (real weights and data, then the newest file); a folder without a valid record fails naming its files."""
+        found = scan(self.runs / experiment)
+        if not found.records:
+            problems = "; ".join(f"{p.path}: {p.reason}" for p in found.problems) or "no result.json"
+            raise RuntimeError(f"{self.runs / experiment}: no valid run record ({problems})")
+        return sorted(as_runs(found.records), key=precedence)
 
     def seed_checkpoint(self) -> None:
         """Start from the shipped checkpoint when it is the one these settings would train."""
@@ -115,7 +128,8 @@ class Demo:
     def reading_accuracy(self, literal: float) -> dict[str, float]:
         """Top-1 of Ours at the DeiT schedule under each reading (literal is Ours of the method table)."""
         self.suite("-m", "method=ours", "reading=update,normed", "task=[evaluate]", "experiment_name=demo_readings")
-        return {"literal": literal, **{r["reading"]: r["metrics"]["top1"] for r in self.newest("demo_readings")}}
+        return {"literal": literal,
+                **{run.record.reading: run.record.metric_value("top1") for run in self.newest("demo_readings")}}
 
     def reliability(self, depth: int) -> pd.DataFrame:
         """Table 8 on ShapeBench: keep the top or the bottom 50 % at one block (not the last)."""
@@ -125,8 +139,9 @@ class Demo:
             "compress.keep=top,bottom", "method.name=${compress.keep}50", "task=[evaluate]", "experiment_name=demo_table8",
         )
         rows: dict[str, dict[str, float]] = {}
-        for r in self.newest("demo_table8"):
-            rows.setdefault(r["method"]["name"], {})[f"block {r['compress']['layers'][0]}"] = r["metrics"]["top1"]
+        for run in self.newest("demo_table8"):
+            r = run.record
+            rows.setdefault(r.method.name, {})[f"block {r.compress.layers[0]}"] = r.metric_value("top1")
         frame = pd.DataFrame(rows).T.sort_index(axis=1, key=lambda c: c.str.split().str[1].astype(int))
         frame["mean"] = frame.mean(axis=1)
         frame.loc["gap (top − bottom)"] = frame.loc["top50"] - frame.loc["bottom50"]
@@ -167,22 +182,52 @@ class Demo:
             f"(patches ≥ 50 % covered vs uncovered), {len(images)} val images; 0.5 = chance"
         )
         self.figure(images, maps, depth, prefix)
+        self.write_mask_records(frame, len(images))
         return frame
 
     def figure(self, images, maps, depth: int, prefix: int) -> None:
         blocks = sorted({0, depth // 2 - 1, depth - 2})  # early / middle / late, as the paper's 1, 5, 9 of 12
         side = int(math.isqrt(maps["l2-mlp"].shape[-1] - prefix))
+        scores = (("Attn (class attention)", "attn_cls"), ("Ours (L2, MLP)", "l2-mlp"))
         for i in range(min(3, len(images))):
-            rows = {
-                label: {f"block {b}": maps[key][i, b, prefix:].reshape(side, side) for b in blocks}
-                for label, key in (("Attn (class attention)", "attn_cls"), ("Ours (L2, MLP)", "l2-mlp"))
-            }
-            figures.save_score_maps(self.out / f"score_maps_{i}.png", images[i], rows, title=CAPTION)
+            picture = to_uint8_image(images[i])
+            fig = overlay_grid([picture] * len(scores),
+                               [[maps[key][i, b, prefix:].reshape(side, side).numpy() for b in blocks]
+                                for _, key in scores],
+                               row_labels=[label for label, _ in scores], column_titles=[f"block {b}" for b in blocks],
+                               title=CAPTION)
+            save_figure(fig, self.out, f"score_maps_{i}", dpi=120)
+
+    def write_mask_records(self, agreement: pd.DataFrame, n_images: int) -> None:
+        """One run record per score (``runs/demo_masks/<score>/result.json``): its mask AUROC per block on the
+        trained tiny ViT, as the claims ledger reads it (evaluator ``mask_agreement``, synthetic data)."""
+        trained = self.newest("demo_train")[-1].record
+        spec = self.model_spec()
+        checkpoint = fingerprint("checkpoint", spec["checkpoint"], content_hash=True)
+        env = provenance.environment()
+        code = env["git_commit"] + ("+dirty" if env.get("git_dirty") else "")
+        for score, row in agreement.iterrows():
+            name, _, reading = str(score).partition("@")
+            metric, _, site = name.partition("-")
+            config = {"demo": "mask_agreement", "score": str(score), "model": trained.config["model"],
+                      "images": n_images, "data": str(Path(self.args.data).resolve())}
+            record = RunRecord(
+                identity=Identity.of(config, [checkpoint], "cpu", code), experiment="demo_masks",
+                run_name=str(score), method={"name": str(score), "label": str(score)},
+                model={"name": trained.model.name, "arch": trained.model.arch, "family": None},
+                metric=metric, site=site or "attn", reading=reading or "literal", attention="eager",
+                weights={"real": True, "source": f"file:{spec['checkpoint']}"}, evaluator="mask_agreement",
+                dataset={"name": "shapebench", "root": str(Path(self.args.data).resolve()), "split": "val",
+                         "synthetic": True, "n": n_images},
+                metrics={f"auroc_{column.replace(' ', '')}": float(value) for column, value in row.items()
+                         if column.startswith("block")},
+                config=config, env=env)
+            record.write(self.runs / "demo_masks" / str(score).replace("@", "_"))
 
     def model_spec(self) -> dict:
-        trained = self.newest("demo_train")[-1]
-        model = trained["config"]["model"]
-        return dict(name=model["name"], checkpoint=trained["train"]["checkpoint"], kwargs=model["kwargs"])
+        trained = self.newest("demo_train")[-1].record
+        model = trained.config["model"]
+        return dict(name=model["name"], checkpoint=trained.train.checkpoint, kwargs=model["kwargs"])
 
 
 def readings_table(agreement: pd.DataFrame, accuracy: dict[str, float], depth: int) -> pd.DataFrame:
@@ -212,7 +257,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
 
     trained = demo.train()
-    depth = trained["config"]["model"]["kwargs"]["depth"]
+    depth = trained.config["model"]["kwargs"]["depth"]
     methods = demo.compare_methods()
     accuracy = {m.split()[0]: row["Acc-1"] for m, row in methods.iterrows()}
     reading_accuracy = demo.reading_accuracy(accuracy["ours"])
@@ -221,8 +266,8 @@ def main(argv=None) -> None:
     readings = readings_table(agreement, reading_accuracy, depth)
 
     print(f"\n# repshift demo — {CAPTION}\n")
-    print(f"Tiny ViT: val top-1 {trained['metrics']['top1']:.2f} % after {len(trained['train']['history'])} epochs "
-          f"({trained['weights']['source']})\n")
+    print(f"Tiny ViT: val top-1 {trained.metric_value('top1'):.2f} % after {len(trained.train.history)} epochs "
+          f"({trained.weights.source})\n")
     md, csv = tables.render("demo", methods)
     (demo.out / "methods.md").write_text(md)
     (demo.out / "methods.csv").write_text(csv)
@@ -235,7 +280,7 @@ def main(argv=None) -> None:
     gap = reliability.loc["gap (top − bottom)", "mean"]
     summary = {
         "caption": CAPTION,
-        "tiny_vit_val_top1": trained["metrics"]["top1"],
+        "tiny_vit_val_top1": trained.metric_value("top1"),
         "methods": {m.split()[0]: row.to_dict() for m, row in methods.iterrows()},
         "readings_top1": reading_accuracy,
         "top_vs_bottom_gap_mean": gap,

@@ -49,8 +49,8 @@ from repshift.data.transforms import eval_geometry, eval_transform
 from repshift.evaluate.saliency import mask_agreement, patch_coverage
 from repshift.models import build_model
 from repshift.patch.timm_cnn import grid_sizes, scored_stages, split_stage, stage_name, stages
-from repshift.report.fig7 import draw, foreground_ratio
-from repshift.report.figures import to_uint8_image
+from repshift.maps import foreground_ratio, to_uint8_image
+from repshift.report.maps import stage_figure
 
 MODEL_CONFIG = {"_target_": "repshift.models.efficientnet.build", "name": "tf_efficientnet_lite0", "pretrained": True}
 #: The pruning schedules: the paper's ResNet one (Table 6: 8 then 4 rows and columns at the two largest pruned
@@ -304,7 +304,8 @@ def draw_maps(out: Path, model, images: torch.Tensor, names: Sequence[str], fore
         ratios = [[foreground_ratio(m, mask) for m in row] for row, mask in zip(maps, masks)]
         title = (f"{what} per stage ({', '.join(stage_name(model, l) for l in layers)}); panels: foreground/background "
                  f"mean ratio\n{caption}")
-        paths.append(str(draw(out / f"{stem}.png", pictures, maps, labels, ratios, title)))
+        paths.append(str(stage_figure(out / f"{stem}.png", pictures, [[m.numpy() for m in row] for row in maps], labels,
+                                      [stage_name(model, layer) for layer in layers], ratios, title)))
     return paths
 
 

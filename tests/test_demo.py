@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from repshift.report import results
+from repshift.record import scan
+from repshift.report.claims import ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,10 +44,12 @@ def test_demo_end_to_end_small(tmp_path):
     assert (tmp_path / "vit.pth").exists()
 
     # Base / Attn / Ours, the last two with the paper's DeiT schedule as it is
-    runs = {r.method: r.raw for r in results.load_results(out / "runs/demo")}
-    assert runs["base"]["compress"] is None
+    found = scan(out / "runs/demo")
+    assert not found.problems
+    runs = {record.method.name: record for _, record in found.records}
+    assert runs["base"].compress is None or runs["base"].compress.ratio == 0
     for method in ("attn", "ours"):
-        assert runs[method]["compress"]["layers"] == [0, 3, 6] and runs[method]["compress"]["ratio"] == 0.2
+        assert runs[method].compress.layers == [0, 3, 6] and runs[method].compress.ratio == 0.2
 
     # tables and figure
     summary = json.loads((out / "summary.json").read_text())
@@ -68,6 +71,16 @@ def test_demo_end_to_end_small(tmp_path):
         png = out / f"score_maps_{i}.png"
         assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "Claims of the paper, checked on ShapeBench" in proc.stdout
+
+    # the mask agreement as run records, one per score, with the CSV's numbers; the ledger reads them
+    masks = {record.run_name: record for _, record in scan(out / "runs/demo_masks").records}
+    assert set(masks) == set(agreement.index)
+    assert masks["l2-mlp"].metric_value("auroc_block0") == agreement.loc["l2-mlp", "block 0"]
+    assert masks["l2-mlp"].tainted and masks["l2-mlp"].weights.real  # trained here, on synthetic data
+    rows = {(row.claim, row.setting): row for row in ledger([out]).rows}
+    assert rows[("fig6-foreground", "shapebench")].verdict in ("reproduced", "not reproduced")
+    assert rows[("table5-accuracy", "shapebench")].verdict in ("reproduced", "not reproduced")
+    assert rows[("table5-accuracy", "paper")].verdict == "not measured"  # ShapeBench is no ImageNet
 
     # scripts/shift_vs_token_norm.py reads the same model, data and images: its l2-mlp column is the demo's
     script = runpy.run_path(str(ROOT / "scripts/shift_vs_token_norm.py"))

@@ -1,8 +1,9 @@
 """Figures of `make figures`: per-layer accuracy plots (Figs. 3 / 5, readings), score maps (Figs. 4 / 6).
 
-The plots are drawn from result files this test writes; the maps run the SMOKE code path (the tiny
-random ViT of repshift/configs/model/tiny.yaml with 12 blocks, on the SMOKE ShapeBench images) and their values
-are checked against direct calls of repshift.representation_shift / repshift.attention_scores.
+The plots are drawn from run records this test writes (tests.support.make_record); the maps run the SMOKE
+code path of repshift.maps (the tiny random ViT of repshift/configs/model/tiny.yaml with 12 blocks, on the
+SMOKE ShapeBench images) and their values are checked against direct calls of repshift.representation_shift /
+repshift.attention_scores.
 """
 from __future__ import annotations
 
@@ -20,27 +21,37 @@ import torch
 from PIL import Image
 
 import repshift
-from repshift.report import figures, maps
+from repshift import maps
+from repshift.record import Identity, scan
+from repshift.report import figures
 from repshift.report.__main__ import main as report_main
-from repshift.report.results import SCHEMA, load_results, write_result
-from repshift.report.tables import paper_value
+from repshift.report.core import as_runs, paper_value, sources
+from repshift.report.maps import normalise_map, upsample
+from support import make_record
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def result(experiment, metric, site, top1, layers, *, real=True, keep="top", reading="literal", method=None):
-    return {
-        "schema": SCHEMA, "experiment": experiment, "reading": reading,
-        "method": {"name": method or f"{metric}-{site}", "label": method or f"{metric}-{site}"},
-        "model": {"name": "deit_s", "arch": "deit_small_patch16_224", "family": "timm-vit"},
-        "metric": metric, "site": site, "attention": "sdpa",
-        "compress": {"layers": list(layers), "ratio": None, "num": 40, "keep": keep},
-        "dataset": {"name": "imagenet", "root": "/data/imagenet", "synthetic": False, "n": 50000},
-        "weights": {"real": real, "source": "hub" if real else "random-init"},
-        "metrics": {"top1": top1, "top5": 90.0, "n": 50000, "skipped": 0},
-        "env": {"device": "NVIDIA H200", "git_commit": "0123456789abcdef"},
-    }
+CONTROL_LABELS = {"random": "Random (control)", "none": "Static (control)"}
+
+
+def result(experiment, metric, site, top1, layers, *, real=True, keep="top", reading="literal", method=None,
+           model="deit_s", metrics=None):
+    name = method or f"{metric}-{site}"
+    return make_record(
+        identity=Identity.of({"e": experiment, "m": metric, "s": site, "l": list(layers), "k": keep, "r": reading,
+                              "model": model, "real": real}, [], "cuda:NVIDIA H200", "test"),
+        experiment=experiment, run_name=name, reading=reading, metric=metric, site=site,
+        method={"name": name, "label": CONTROL_LABELS.get(metric, name)},
+        model={"name": model, "arch": "deit_small_patch16_224", "family": "timm-vit"},
+        compress={"layers": list(layers), "num": 40, "keep": keep} if layers else None,
+        weights={"real": real, "source": "hub" if real else "random-init"}, bench=None, gmacs=None,
+        metrics=metrics or {"top1": top1, "top5": 90.0, "n": 50000, "skipped": 0})
+
+
+def load_results(folder):
+    return as_runs(scan(folder).records)
 
 
 @pytest.fixture
@@ -52,7 +63,7 @@ def results_root(tmp_path):
     def put(r):
         nonlocal n
         n += 1
-        write_result(root / r["experiment"] / f"run{n}", r)
+        r.write(root / r.experiment / f"run{n}")
 
     for block in (0, 2, 4):
         put(result("fig3", "attn_cls", "attn", 70.0 + block, [block]))
@@ -106,10 +117,8 @@ def test_fig3_panels_values_and_marks(results_root):
 
 
 def test_each_models_panel_names_its_own_quantity(results_root):
-    umt = result("fig3", "l2", "attn", 0.0, [2])
-    umt["model"] = {"name": "umt_b", "family": "umt"}
-    umt["metrics"] = {"hm_r1": 41.5}
-    write_result(results_root / "fig3" / "umt_run", umt)
+    umt = result("fig3", "l2", "attn", 0.0, [2], model="umt_b", metrics={"hm_r1": 41.5})
+    umt.write(results_root / "fig3" / "umt_run")
     fig = figures.layer_figure("fig3", load_results(results_root / "fig3"))
     labels = {ax.get_title(): ax.get_ylabel() for ax in fig.axes if ax.get_visible()}
     assert labels == {"deit_s": "top-1 (%)", "umt_b": "R@1 (%), harmonic mean of T2V / V2T"}
@@ -146,7 +155,7 @@ def test_external_figures_are_copied_with_their_pdf(tmp_path):
 
     fig = Figure(figsize=(2, 1.5))
     fig.add_subplot().plot([0, 1], [1, 0])
-    figures.save_figure(fig, tmp_path / "results" / "fig7", "fig7")  # as repshift.report.fig7 writes it
+    figures.save_figure(fig, tmp_path / "results" / "fig7", "fig7")  # as `python -m repshift.maps fig7` writes it
     written = figures.collect_external_figures(tmp_path / "results", tmp_path / "out")
     assert list(written) == ["fig7"]
     for suffix in (".png", ".pdf"):
@@ -159,7 +168,7 @@ def test_external_figures_are_copied_with_their_pdf(tmp_path):
 def test_figures_without_results_fail_clearly(tmp_path, capsys):
     assert report_main(["figures", f"results={tmp_path}", "logger=none"]) == 1
     assert "fig3: nothing under" in capsys.readouterr().err
-    assert report_main(["figures", "bogus=1"]) == 2
+    assert report_main(["figures", "--bogus", "1"]) == 2
 
 
 # --------------------------------------------------------------------------- maps (Figs. 4 / 6)
@@ -178,7 +187,7 @@ def smoke_data(tmp_path_factory):
 
 
 def test_map_values_come_from_repshift(smoke_data, tmp_path):
-    # exactly what `python -m repshift.report maps smoke=true` builds
+    # exactly what `python -m repshift.report maps --smoke` builds
     model, weights = maps.build_map_model(maps.SMOKE_MODEL, maps.SMOKE_MODEL_OVERRIDES)
     assert weights["real"] is False and len(model.blocks) == 12
     samples = maps.smoke_samples(2)
@@ -205,7 +214,7 @@ def test_map_values_come_from_repshift(smoke_data, tmp_path):
     assert titles[1] == "Attn (class attention)\nL1 (block 0)" and titles[6] == "Ours (L2, MLP)\nL9 (block 8)"
     # the overlay drawn on row 1, "Ours L5" is the normalised, upsampled representation shift of image 1, block 4
     overlay = panels[7 + 5].get_images()[1].get_array()
-    np.testing.assert_allclose(overlay, figures.resize_map(figures.normalise_map(shift_grid[1, 1]), 224, 224), atol=1e-6)
+    np.testing.assert_allclose(overlay, upsample(normalise_map(shift_grid[1, 1]), 224, 224), atol=1e-6)
     assert all(ax.collections for ax in panels)  # the ground-truth mask is outlined on every panel
     for d in drawn:
         assert [p.name for p in d.paths] == [f"{d.name}.png", f"{d.name}.pdf"]
@@ -214,13 +223,25 @@ def test_map_values_come_from_repshift(smoke_data, tmp_path):
 
 def test_maps_cli_smoke(smoke_data, tmp_path, capsys):
     out = tmp_path / "figures"
-    assert report_main(["maps", "smoke=true", "images=1", f"out={out}", "figures=[fig6]"]) == 0
-    assert (out / "fig6.png").stat().st_size > 0 and (out / "fig6.pdf").stat().st_size > 0
-    assert not (out / "fig4.png").exists()
-    assert report_main(["maps", "smoke=true", "figures=[fig9]"]) == 2
+    assert maps.main(["maps", "--smoke", "--images", "1", "--out", str(out), "--figures", "fig6"]) == 0
+    with Image.open(out / "fig6.png") as png:  # one row: the image and 2 scores x 3 blocks, at 100 dpi
+        assert png.size[0] > 7 * 1.9 * 100 and png.size[1] < 2 * 1.9 * 100 + 100
+    assert (out / "fig6.pdf").read_bytes()[:5] == b"%PDF-" and not (out / "fig4.png").exists()
+    assert maps.main(["maps", "--smoke", "--figures", "fig9"]) == 2
     assert "known map figures are fig6, fig4" in capsys.readouterr().err
-    assert report_main(["maps", f"data={tmp_path / 'nowhere'}"]) == 1
+    assert maps.main(["maps", "--data", str(tmp_path / "nowhere")]) == 1
     assert "has no val/ folder" in capsys.readouterr().err
+
+
+def test_report_maps_runs_the_runner_side_in_its_own_process(smoke_data, tmp_path):
+    """`python -m repshift.report maps` (the README's command, old spelling included) reaches repshift.maps
+    without the report importing any model code."""
+    out = tmp_path / "figures"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "REPSHIFT_DATA": str(smoke_data)}
+    proc = subprocess.run([sys.executable, "-m", "repshift.report", "maps", "smoke=true", "images=1", f"out={out}",
+                           "figures=[fig4]"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"wrote {out / 'fig4.png'}" in proc.stdout and (out / "fig4.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_imagenet_layout_samples(tmp_path):
@@ -262,27 +283,41 @@ FIGURE_SWEEPS = ("reproduce-fig3", "reproduce-fig5", "reproduce-readings", "repr
                  "reproduce-fig7")
 
 
-def dry_run(*args: str) -> list[str]:
+@pytest.fixture(scope="module")
+def installed_venv(tmp_path_factory) -> Path:
+    """A VENV whose .installed is newer than pyproject.toml, so `make -n` prints no install steps in any checkout
+    (a fresh clone has no .venv; VENV= on the command line reaches the sub-makes too)."""
+    venv = tmp_path_factory.mktemp("venv")
+    (venv / ".installed").touch()
+    return venv
+
+
+def dry_run(venv: Path, *args: str) -> list[str]:
     """The commands ``make -n`` prints (sub-makes' included), without make's own lines."""
-    dry = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
+    dry = subprocess.run(["make", "-n", "--no-print-directory", f"VENV={venv}", *args], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
     return [line for line in dry.stdout.splitlines() if line.strip() and not line.startswith("make ")]
 
 
-def test_make_figures_runs_every_figure_target():
-    commands = dry_run("figures", "SMOKE=1")
-    for target, expected in (("figure-maps", "-m repshift.report maps smoke=true logger=none out=outputs/smoke/figures"),
-                             ("figure-plots", "-m repshift.report figures results=outputs/smoke out=outputs/smoke/figures"),
-                             ("report", "-m repshift.report html results=outputs/smoke figures=outputs/smoke/figures "
-                                        "out=outputs/smoke/report")):
-        dry = subprocess.run(["make", "-n", target, "SMOKE=1"], cwd=ROOT, capture_output=True, text=True, check=True)
-        assert expected in dry.stdout, dry.stdout
-        if target != "report":
-            assert any(expected in c for c in commands)
-    # without SMOKE, `make figures` runs each figure's sweep exactly as its own target does
-    full = dry_run("figures")
-    sweeps = [c for target in FIGURE_SWEEPS for c in dry_run(target)]
+def test_make_figures_runs_every_figure_target(installed_venv):
+    commands = dry_run(installed_venv, "figures", "SMOKE=1")
+    assert not any("pip install" in c or c.endswith(".installed") for c in commands)
+    for target, expected in (("figure-maps", "-m repshift.report maps --smoke --logger none --out outputs/smoke/figures"),
+                             ("figure-plots", "-m repshift.report figures --results outputs/smoke --out "
+                                              "outputs/smoke/figures --logger none"),
+                             ("report", "-m repshift.report html --results outputs/smoke --figures outputs/smoke/figures "
+                                        "--out outputs/smoke/report"),
+                             ("claims", "-m repshift.report claims --results outputs/smoke")):
+        dry = dry_run(installed_venv, target, "SMOKE=1")
+        assert dry == [f"{installed_venv}/bin/python {expected}"], dry
+        if target in ("figure-maps", "figure-plots"):
+            assert any(c.endswith(expected) for c in commands)
+    # without SMOKE, `make figures` runs each figure's sweep exactly as its own target does, then maps and plots
+    full = dry_run(installed_venv, "figures")
+    sweeps = [c for target in FIGURE_SWEEPS for c in dry_run(installed_venv, target)]
     assert full[:len(sweeps)] == sweeps
+    assert [c.split(" -m ")[1].split()[:2] for c in full[len(sweeps):]] == [["repshift.report", "maps"],
+                                                                           ["repshift.report", "figures"]]
     # with SMOKE, the same sweeps narrowed (4 images, two blocks, Fig. 1 on MSRVTT alone), the readings' Table 8
     # half alone at blocks 0 and 8, and every figure target still run
     assert "-m repshift.run -m experiment=fig3 smoke=on hydra/launcher=basic  dataset.limit=4 'compress.layers=[0],[8]'" \
@@ -291,7 +326,7 @@ def test_make_figures_runs_every_figure_target():
     assert readings[0].endswith("dataset.limit=4 metric=l2")
     assert readings[1].endswith("dataset.limit=4 metric=l2 'compress.layers=[0],[8]'")
     assert any("experiment=table2 smoke=video" in c and c.endswith("dataset=msrvtt") for c in commands)
-    assert any("repshift.report.fig7 --out outputs/smoke/fig7 --random-weights" in c for c in commands)
+    assert any(c.endswith("-m repshift.maps fig7 --out outputs/smoke/fig7 --random-weights") for c in commands)
     assert any("experiment=fig3_umt compress.num=367 smoke=video" in c for c in commands)
 
 
@@ -318,7 +353,7 @@ def copy_of_checkout(dest: Path) -> Path:
 
 def panel_lines(results: Path, name: str) -> dict[str, set[str]]:
     """{panel title: line labels} of a per-layer figure drawn from the results under ``results``."""
-    runs = [r for folder in figures.LAYER_FIGURES[name] for r in load_results(results / folder)]
+    runs = [r for table in figures.LAYER_FIGURES[name] for folder in sources(table) for r in load_results(results / folder)]
     fig = figures.layer_figure(name, runs)
     return {ax.get_title(): set(lines_by_label(ax)) for ax in fig.axes if ax.get_visible()}
 

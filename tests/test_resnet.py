@@ -16,7 +16,7 @@ from torch import nn
 import repshift
 from repshift.bench import count_gmacs
 from repshift.patch.timm_resnet import grid_sizes
-from repshift.report import fig7
+from repshift import maps as fig7  # Fig. 7: computed on the runner side (repshift.maps)
 from repshift.train import train
 from support import compose_run, make_smoke
 

@@ -3,6 +3,7 @@
 Online tests point W&B at a closed port on this machine (``WANDB_BASE_URL=http://127.0.0.1:9``): no traffic
 leaves it, and a home folder of the test's own keeps any real credentials out of reach.
 """
+import inspect
 import logging
 import time
 
@@ -60,11 +61,18 @@ def test_what_wandb_shows_comes_from_the_record():
                                       "metrics/skipped": 0, "bench/throughput": 1000.0, "gmacs": 2.99}
 
 
-def test_null_logger():
+def test_null_logger_has_the_wandb_loggers_interface_and_writes_nothing(tmp_path, monkeypatch):
+    public = {name for name, member in inspect.getmembers(WandbLogger, inspect.isfunction) if not name.startswith("_")}
+    assert public <= set(dir(NullLogger)), public - set(dir(NullLogger))  # logger=none can stand in everywhere
+    for name in public:
+        assert (list(inspect.signature(getattr(NullLogger, name)).parameters)
+                == list(inspect.signature(getattr(WandbLogger, name)).parameters)), name
+    monkeypatch.chdir(tmp_path)
     with NullLogger().start({"a": 1}) as lg:
         lg.log_metrics({"x": 1})
         lg.log_record(make_record())
         assert lg.run is None and lg.mode == "none"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failing_or_hanging_call_turns_wandb_off_with_one_warning(caplog):

@@ -12,10 +12,10 @@ from repshift.patch import READINGS, find_adapter
 from repshift import bench, tasks
 from repshift.models import build_model
 from repshift.models import umt
-from repshift.report.results import RunResult
+from repshift.record import Identity, RunRecord
 from repshift.report.video_tables import DATASETS, build_fig1, build_fig3_umt, build_table2, fig1_points
 
-from support import SMALL_UMT, clip, make_smoke, run_module, small_encoder
+from support import SMALL_UMT, clip, make_record, make_smoke, run_module, small_encoder
 
 # --------------------------------------------------------------------------- adapter
 
@@ -224,17 +224,20 @@ def test_build_model_builds_the_target():
 
 
 def _result(model, method, attention, *, dataset=None, hm=None, throughput=None, gmacs=None, real=True):
-    data = {"schema": "repshift.result/2", "experiment": "table2", "method": {"name": method, "label": method},
-            "model": {"name": model}, "attention": attention, "weights": {"real": real}}
-    if dataset:
-        data["dataset"] = {"name": dataset, "synthetic": False, "n": 1000,
-                           "ranking": {"name": "itm", "description": "ITM"}}
-        data["metrics"] = {"hm_r1": hm, "hm_r5": hm + 20, "hm_r10": hm + 30}
-    if throughput is not None:
-        data["bench"] = {"throughput": throughput, "unit": "vid/s", "device": "NVIDIA RTX A6000",
-                         "precision": "amp-float16", "batch": 20, "kernel": [attention]}
-        data["gmacs"] = gmacs
-    return RunResult.from_dict(data)
+    """A Table 2 run record (tests.support.make_record): evaluated on ``dataset``, or timed (``throughput``)."""
+    return make_record(
+        identity=Identity.of({"m": model, "method": method, "a": attention, "d": dataset}, [],
+                             "cuda:NVIDIA RTX A6000", "test"),
+        experiment="table2", method={"name": method, "label": method},
+        model={"name": model, "arch": "umt", "family": "umt"}, attention=attention,
+        weights={"real": real, "source": "file:umt.pth"}, evaluator="retrieval" if dataset else None,
+        dataset={"name": dataset, "root": "/data", "synthetic": False, "n": 1000,
+                 "ranking": {"name": "itm", "description": "ITM"}} if dataset else None,
+        metrics={"hm_r1": hm, "hm_r5": hm + 20, "hm_r10": hm + 30} if dataset else {},
+        bench={"throughput": throughput, "unit": "vid/s", "repeats": [throughput], "kernel": [attention], "batch": 20,
+               "iters": 10, "warmup": 2, "num_repeats": 1, "precision": "amp-float16",
+               "device": "NVIDIA RTX A6000"} if throughput is not None else None,
+        gmacs=gmacs if throughput is not None else None)
 
 
 def table2_results():
@@ -287,16 +290,21 @@ def test_fig1_points_and_png(tmp_path):
     df = build_fig1(table2_results())
     assert df.loc["UMT-B Attn", "Mean R@1 · ours"] == pytest.approx(48.0)
     assert df.loc["UMT-B Ours+FA", "Throughput · paper"] == 175.0 and df.loc["UMT-B Ours", "Throughput · ours"] == 50.0
+    assert df.loc["UMT-B Ours+FA", "Speed-up × · ours"] == pytest.approx(165.0 / 30.0)  # over Base, one device
+    assert df.loc["UMT-B Ours+FA", "Speed-up × · paper"] == pytest.approx(175 / 32)
+    assert "Throughput · Δ" not in df.columns  # absolute rates on other GPUs are not compared
     png = plot_fig1(list(points.values()), tmp_path / "fig1.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_fig3_umt_reads_the_harmonic_mean():
     def run(metric, resolved, layer, hm):
-        return RunResult.from_dict({"method": {"name": "x"}, "model": {"name": "umt_b"}, "metric": metric,
-                                    "metric_resolved": resolved, "site": "attn", "compress": {"layers": [layer]},
-                                    "metrics": {"hm_r1": hm}, "weights": {"real": True}})
-    base = RunResult.from_dict({"method": {"name": "base"}, "model": {"name": "umt_b"}, "metrics": {"hm_r1": 50.0}})
+        return make_record(identity=Identity.of({"m": metric, "l": layer}, [], "cpu", "test"),
+                           method={"name": "x", "label": "x"}, model={"name": "umt_b", "arch": "umt", "family": "umt"},
+                           metric=metric, metric_resolved=resolved, site="attn", compress={"layers": [layer]},
+                           evaluator="retrieval", metrics={"hm_r1": hm}, bench=None)
+    base = make_record(method={"name": "base", "label": "Base"}, model={"name": "umt_b", "arch": "umt", "family": "umt"},
+                       compress=None, evaluator="retrieval", metrics={"hm_r1": 50.0}, bench=None)
     df = build_fig3_umt([run("attn", "attn_mean", 0, 40.0), run("l2", "l2", 0, 45.0), run("l2", "l2", 2, 47.0), base])
     assert df.loc["attn_mean (Eq. 3)", "layer 0"] == 40.0 and df.loc["l2-attn", "layer 2"] == 47.0
     assert df.attrs["baseline"] == {"umt_b": 50.0}
@@ -327,7 +335,7 @@ def test_synthetic_video_pipeline_end_to_end(tmp_path):
     encoder = build_model({**config, "part": "vision"})[0]
     repshift.patch(encoder, metric="l2", site="mlp", layers=(0, 1, 2), ratio=0.2)
     assert result["gmacs"] == pytest.approx(bench.count_gmacs(encoder, (4, 3, 224, 224)))
-    table = build_table2([RunResult.from_dict(result)])
+    table = build_table2([(path, RunRecord.read(path))])
     assert table.loc["synthetic_video · R@1 †", "umt_tiny Ours · ours"] == pytest.approx(metrics["hm_r1"])
 
 

@@ -13,12 +13,12 @@ import repshift
 from repshift import merge, scores
 from repshift.configs import CONFIG_DIR
 from repshift.models import umt
-from repshift.report.results import RunResult
-from repshift.report.tables import paper_numbers
+from repshift.record import Identity
+from repshift.report.core import paper_numbers
 from repshift.report.video_tables import DATASETS, build_table3
 from repshift.select import gather_tokens
 
-from support import clip, make_smoke, small_encoder
+from support import clip, make_record, make_smoke, small_encoder
 
 def hand_forward(model: umt.UMTVision, video: torch.Tensor, schedule: dict, saliency_of):
     """vid-TLDR's encoder written out with repshift.merge: proportional attention, merge after the attention
@@ -159,17 +159,20 @@ def test_every_merge_saliency_runs_without_proportional_attention():
 
 
 def _result(model, method, attention, *, dataset, hm=None, throughput=None, kernel=None, gmacs=None, real=True):
-    data = {"schema": "repshift.result/2", "experiment": "table3", "method": {"name": method, "label": method},
-            "model": {"name": model}, "attention": attention, "weights": {"real": real},
-            "config": {"dataset": {"name": dataset}}}
-    if hm is not None:
-        data["dataset"] = {"name": dataset, "synthetic": False, "n": 1000}
-        data["metrics"] = {"hm_r1": hm}
-    if throughput is not None:
-        data["bench"] = {"throughput": throughput, "unit": "vid/s", "device": "NVIDIA RTX A6000",
-                         "precision": "amp-float16", "batch": 20, "kernel": [kernel or attention]}
-        data["gmacs"] = gmacs
-    return RunResult.from_dict(data)
+    """A Table 3 run record (tests.support.make_record): evaluated when ``hm`` is given, timed when ``throughput`` is."""
+    return make_record(
+        identity=Identity.of({"m": model, "method": method, "a": attention, "d": dataset, "hm": hm}, [],
+                             "cuda:NVIDIA RTX A6000", "test"),
+        experiment="table3", method={"name": method, "label": method},
+        model={"name": model, "arch": "umt", "family": "umt"}, attention=attention,
+        weights={"real": real, "source": "file:umt.pth"}, config={"dataset": {"name": dataset}},
+        evaluator="retrieval" if hm is not None else None,
+        dataset={"name": dataset, "root": "/data", "synthetic": False, "n": 1000} if hm is not None else None,
+        metrics={"hm_r1": hm} if hm is not None else {},
+        bench={"throughput": throughput, "unit": "vid/s", "repeats": [throughput], "kernel": [kernel or attention],
+               "batch": 20, "iters": 10, "warmup": 2, "num_repeats": 1, "precision": "amp-float16",
+               "device": "NVIDIA RTX A6000"} if throughput is not None else None,
+        gmacs=gmacs if throughput is not None else None)
 
 
 def test_table3_puts_paper_numbers_beside_ours():

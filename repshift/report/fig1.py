@@ -1,25 +1,23 @@
 """Figure 1: mean R@1 over the Table 2 benchmarks against throughput, UMT-B/L, as a PNG.
 
-    python -m repshift.report.fig1 [results=outputs] [out=<results>/tables] [experiment=table2]
-
-Reads Table 2's runs (``<results>/<experiment>``), writes ``fig1.md``, ``fig1.csv`` and ``fig1.png``
-to ``out`` and prints the table. Our points are filled, the paper's (from its Table 2) hollow; a
-variant the paper gives no number for (Ours without FlashAttention, Base+FA) has ours only.
+``python -m repshift.report fig1`` reads Table 2's records, writes ``fig1.md``, ``fig1.csv`` and ``fig1.png``
+and prints the table. Our points are filled, the paper's (from its Table 2) hollow; a variant the paper
+gives no number for (Ours without FlashAttention, Base+FA) has ours only. The paper's rates were timed on
+an RTX A6000 (the legend says so), ours on whatever device ran them.
 """
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
-from typing import Iterable
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from repshift.report.figures import save_figure
-from repshift.report.video_tables import FIG1_LABELS, fig1_points
+from repshift.report.core import PAPER_DEVICE
+from repshift.report.video_tables import FIG1_LABELS
 
-__all__ = ["plot_fig1", "main"]
+__all__ = ["plot_fig1"]
 
 #: Marker and colour per variant, as the paper's legend groups them.
 STYLE = {
@@ -52,7 +50,7 @@ def plot_fig1(points: list[dict], path: str | Path, *, title: str = "") -> Path:
     for variant, (marker, colour) in STYLE.items():  # legend: one entry per variant present
         if any(p["variant"] == variant for p in points):
             ax.scatter([], [], marker=marker, color=colour, label=FIG1_LABELS[variant])
-    ax.scatter([], [], marker="o", facecolors="none", edgecolors="black", label="paper (Table 2)")
+    ax.scatter([], [], marker="o", facecolors="none", edgecolors="black", label=f"paper (Table 2, {PAPER_DEVICE})")
     ax.set_xscale("log")
     ax.set_xlabel("throughput (vid/s, log scale)")
     ax.set_ylabel("mean R@1 over the benchmarks (%)")
@@ -65,36 +63,3 @@ def plot_fig1(points: list[dict], path: str | Path, *, title: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, path.parent, path.stem, dpi=150)  # PNG and a vector PDF beside it
     return path
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    from omegaconf import OmegaConf
-
-    from repshift.report.results import load_results
-    from repshift.report.tables import render, write
-    from repshift.report.video_tables import build_fig1
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    bad = [a for a in argv if "=" not in a]
-    cli = OmegaConf.to_container(OmegaConf.from_cli([a for a in argv if "=" in a]), resolve=True)
-    unknown = sorted(set(cli) - {"results", "out", "experiment"})
-    if bad or unknown:
-        print(f"error: arguments are results=, out=, experiment= (got {bad + unknown})\n{__doc__}", file=sys.stderr)
-        return 2
-    root = Path(str(cli.get("results", "outputs")))
-    folder = root / str(cli.get("experiment", "table2"))
-    out = Path(str(cli.get("out", root / "tables")))
-    results = load_results(folder)
-    if not results:
-        print(f"error: no result.json under {folder}; run experiment=table2 and experiment=fig1 first", file=sys.stderr)
-        return 1
-    df = build_fig1(results)
-    md_path, _ = write("fig1", df, out)
-    png = plot_fig1(fig1_points(results), out / "fig1.png", title="Fig. 1: mean R@1 vs throughput (UMT)")
-    print(render("fig1", df)[0], end="")
-    print(f"[{len(results)} result file(s) from {folder}] wrote {md_path}, {png}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

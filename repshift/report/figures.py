@@ -1,13 +1,12 @@
-"""Figures: Fig.-6-style score-map grids and per-layer accuracy curves (Fig. 3 / 5, the readings).
+"""Figures: per-layer accuracy curves (Fig. 3 / 5, the readings) from run records, and saving / logging figures.
 
 Uses matplotlib's Agg backend (no display needed) through the object-oriented API, so
 importing this module never changes the global pyplot backend of the caller.
 
 :func:`save_figure` writes every figure of ``make figures`` as ``<name>.png`` and ``<name>.pdf``
 and logs the PNG to W&B when a logger with an open run is given. :func:`layer_figure` draws
-accuracy against the pruned block from result files (:func:`make_layer_figures` for every
-experiment folder that has results); the score maps (Figs. 4 / 6) live in
-:mod:`repshift.report.maps`.
+accuracy against the pruned block from run records (:func:`make_layer_figures` for every
+table folder that has records); the score maps (Figs. 4 / 6 / 7) are drawn by :mod:`repshift.report.maps`.
 """
 
 from __future__ import annotations
@@ -23,146 +22,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "to_uint8_image", "resize_map", "normalise_map",
-           "save_score_maps", "plot_layer_curves", "save_figure", "log_images", "layer_figure",
-           "make_layer_figures", "LAYER_FIGURES", "figure_logger", "EXTERNAL_FIGURES", "collect_external_figures"]
+from repshift.record import RecordProblem
+from repshift.report.core import (
+    Run, as_runs, first_layer, load_runs, paper_numbers, paper_value, precedence, score_label, score_sort_key,
+)
+from repshift.report.image_tables import T8_COLUMNS
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor
-        x = x.detach()
-        if getattr(x.dtype, "is_floating_point", False):
-            x = x.float()  # bfloat16 / float16 have no (portable) numpy equivalent
-        x = x.cpu().numpy()
-    return np.asarray(x)
-
-
-def to_uint8_image(image: Any, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """HxWx3 uint8 from either HxWx3 uint8 or a 3xHxW (float) tensor normalised with mean/std."""
-    arr = _to_numpy(image)
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 3:
-        raise ValueError(f"image must be HxWx3 or 3xHxW, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        if arr.shape[-1] == 3:
-            return arr
-        if arr.shape[0] == 3:
-            return np.ascontiguousarray(arr.transpose(1, 2, 0))
-        raise ValueError(f"uint8 image must have 3 channels, got shape {arr.shape}")
-    arr = arr.astype(np.float32)
-    if arr.shape[0] == 3 and arr.shape[-1] != 3:
-        chw = arr
-    elif arr.shape[-1] == 3:
-        chw = arr.transpose(2, 0, 1)
-    else:
-        raise ValueError(f"float image must have 3 channels, got shape {arr.shape}")
-    m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    rgb = np.clip(chw * s + m, 0.0, 1.0)
-    return (rgb.transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def normalise_map(m: Any) -> np.ndarray:
-    """Min-max normalise to [0, 1]; a constant map becomes all zeros. NaNs count as the minimum."""
-    arr = _to_numpy(m).astype(np.float64)
-    finite = np.isfinite(arr)
-    if not finite.any():
-        return np.zeros_like(arr)
-    lo, hi = arr[finite].min(), arr[finite].max()
-    arr = np.where(finite, arr, lo)
-    if hi - lo <= 0:
-        return np.zeros_like(arr)
-    return (arr - lo) / (hi - lo)
-
-
-def _as_grid(m: Any) -> np.ndarray:
-    arr = _to_numpy(m)
-    arr = np.squeeze(arr)
-    if arr.ndim == 1:  # a token vector: square grid of patch tokens
-        side = int(round(math.sqrt(arr.size)))
-        if side * side != arr.size:
-            raise ValueError(f"1-D score map of length {arr.size} is not a square grid")
-        arr = arr.reshape(side, side)
-    if arr.ndim != 2:
-        raise ValueError(f"score map must be 2-D (h, w), got shape {arr.shape}")
-    return arr
-
-
-def resize_map(m: Any, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of a 2-D map to (height, width), pixel centres aligned."""
-    arr = _as_grid(m).astype(np.float64)
-    h, w = arr.shape
-    if (h, w) == (height, width):
-        return arr
-    ys = (np.arange(height) + 0.5) * h / height - 0.5
-    xs = (np.arange(width) + 0.5) * w / width - 0.5
-    ys = np.clip(ys, 0, h - 1)
-    xs = np.clip(xs, 0, w - 1)
-    y0 = np.floor(ys).astype(int)
-    x0 = np.floor(xs).astype(int)
-    y1 = np.minimum(y0 + 1, h - 1)
-    x1 = np.minimum(x0 + 1, w - 1)
-    wy = (ys - y0)[:, None]
-    wx = (xs - x0)[None, :]
-    top = arr[y0][:, x0] * (1 - wx) + arr[y0][:, x1] * wx
-    bottom = arr[y1][:, x0] * (1 - wx) + arr[y1][:, x1] * wx
-    return top * (1 - wy) + bottom * wy
-
-
-def save_score_maps(path: str | os.PathLike, image: Any, rows: Mapping[str, Mapping[str, Any]],
-                    title: str | None = None, cmap: str = "jet", alpha: float = 0.5,
-                    dpi: int = 120) -> Path:
-    """Fig.-6-style grid: the image in column 0, then one map per column label for each row label.
-
-    ``rows`` maps a row label (e.g. ``"Attn (cls)"``) to ``{column label: map[h, w]}``
-    (e.g. ``{"layer 1": ..., "layer 5": ...}``). Each map is min-max normalised, upsampled
-    to the image size and overlaid on the image.
-    """
-    path = Path(path)
-    img = to_uint8_image(image)
-    height, width = img.shape[:2]
-    row_labels = list(rows)
-    if not row_labels:
-        raise ValueError("rows is empty: nothing to draw")
-    col_labels: list[str] = []
-    for maps in rows.values():
-        for c in maps:
-            if c not in col_labels:
-                col_labels.append(c)
-    nrows, ncols = len(row_labels), 1 + len(col_labels)
-    fig = Figure(figsize=(2.2 * ncols, 2.2 * nrows + (0.4 if title else 0.0)))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for i, rlabel in enumerate(row_labels):
-        ax = axes[i][0]
-        ax.imshow(img)
-        ax.set_ylabel(rlabel, fontsize=9)
-        if i == 0:
-            ax.set_title("image", fontsize=9)
-        for j, clabel in enumerate(col_labels, start=1):
-            ax = axes[i][j]
-            if i == 0:
-                ax.set_title(str(clabel), fontsize=9)
-            m = rows[rlabel].get(clabel)
-            if m is None:
-                ax.set_facecolor("0.9")
-                continue
-            heat = resize_map(normalise_map(_as_grid(m)), height, width)
-            ax.imshow(img)
-            ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+__all__ = ["layer_curves", "plot_layer_curves", "save_figure", "log_images", "layer_figure", "make_layer_figures",
+           "LAYER_FIGURES", "figure_logger", "EXTERNAL_FIGURES", "collect_external_figures", "TAINT_NOTE"]
 
 
 def _layer_index(col: Any) -> float | None:
@@ -170,13 +37,12 @@ def _layer_index(col: Any) -> float | None:
     return float(m.group()) if m else None
 
 
-def plot_layer_curves(df: Any, path: str | os.PathLike, ylabel: str = "top-1 (%)",
-                      title: str | None = None, xlabel: str = "pruned layer (0-based block)") -> Path:
+def layer_curves(df: Any, ylabel: str = "top-1 (%)", title: str | None = None,
+                 xlabel: str = "pruned layer (0-based block)") -> Figure:
     """One line per row of a fig3 / fig5 table (columns ``layer k``); a dashed red line per baseline.
 
     The baseline comes from ``df.attrs["baseline"]`` (``{model: top-1}`` or a number) when present.
     """
-    path = Path(path)
     cols = [c for c in df.columns if _layer_index(c) is not None]
     xs = [_layer_index(c) for c in cols]
     order = np.argsort(xs)
@@ -210,8 +76,14 @@ def plot_layer_curves(df: Any, path: str | os.PathLike, ylabel: str = "top-1 (%)
     if len(df) or items:
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_layer_curves(df: Any, path: str | os.PathLike, ylabel: str = "top-1 (%)", title: str | None = None) -> Path:
+    """:func:`layer_curves` of ``df`` written to ``path`` (PNG)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    layer_curves(df, ylabel=ylabel, title=title).savefig(path, dpi=120)
     return path
 
 
@@ -267,7 +139,7 @@ def figure_logger(kind: str, out_dir: str | os.PathLike, name: str) -> Any:
 
 # --------------------------------------------------------------------------- accuracy vs pruned block
 
-#: figure name -> the experiment folders (under the results root) it reads
+#: figure name -> the tables whose records it draws (their folders: :func:`repshift.report.core.sources`)
 LAYER_FIGURES: dict[str, tuple[str, ...]] = {
     "fig3": ("fig3", "fig3_umt"),
     "fig5": ("fig5",),
@@ -286,7 +158,7 @@ _FIG_TITLES = {
 
 
 def _accuracy(r: Any) -> tuple[float | None, str]:
-    """(value, axis label): top-1 for classification, the T2V/V2T harmonic-mean R@1 for retrieval (UMT)."""
+    """(value, axis label) of a record: top-1 for classification, the T2V/V2T harmonic-mean R@1 for retrieval (UMT)."""
     if r.metric_value("top1") is not None:
         return r.metric_value("top1"), "top-1 (%)"
     if r.metric_value("hm_r1") is not None:
@@ -295,12 +167,10 @@ def _accuracy(r: Any) -> tuple[float | None, str]:
 
 
 def _line_label(fig_name: str, r: Any) -> str:
-    from repshift.report.tables import _score_label
-
     if fig_name == "readings":
-        return f"{r.reading} · keep {r.keep} 50 %"
+        return f"{r.reading} · keep {r.compress.keep} 50 %"
     # the tables' row labels, so a figure's legend reads like its table
-    return _score_label(r, fig_name)
+    return score_label(r, fig_name)
 
 
 def _panel_of(fig_name: str, r: Any) -> list[str]:
@@ -314,34 +184,37 @@ def _panel_of(fig_name: str, r: Any) -> list[str]:
     return [""]
 
 
-def _collect_curves(fig_name: str, results: list) -> tuple[dict, dict, dict]:
+def _collect_curves(fig_name: str, runs: list[Run]) -> tuple[dict, dict, dict]:
     """-> (curves[model][panel][line][block] = (value, tainted), baselines[model] = (value, tainted),
     y label per model: a video model's panels plot R@1, an image model's top-1).
 
     A run with no pruning (or method base) is its model's baseline. Single-block pruning runs are points;
     the readings folder's runs at the DeiT schedule go to the panel :data:`SCHEDULE_PANEL` instead
-    (``[reading][metric-site] = (value, tainted)``). Newest file wins.
+    (``[reading][metric-site] = (value, tainted)``). Where two records give one point, the tables' rule picks it
+    (:func:`repshift.report.core.precedence`: real weights and data first, then the newest file).
     """
     curves: dict = {}
     baselines: dict = {}
     ylabels: dict = {}
-    for r in sorted(results, key=lambda r: r.mtime):
+    for run in sorted(runs, key=precedence):
+        r = run.record
         value, label = _accuracy(r)
         if value is None:
             continue
-        ylabels.setdefault(r.model, label)
-        if not r.layers or r.method == "base":
-            baselines[r.model] = (value, r.tainted)
+        model, layers = r.model.name, (r.compress.layers if r.compress else [])
+        ylabels.setdefault(model, label)
+        if first_layer(r) is None or r.method.name == "base":
+            baselines[model] = (value, r.tainted)
             continue
-        if fig_name == "readings" and len(r.layers) > 1 and r.metric in ("l1", "l2", "cos"):
-            schedule = curves.setdefault(r.model, {}).setdefault(SCHEDULE_PANEL, {})
+        if fig_name == "readings" and len(layers) > 1 and r.metric in ("l1", "l2", "cos"):
+            schedule = curves.setdefault(model, {}).setdefault(SCHEDULE_PANEL, {})
             schedule.setdefault(r.reading, {})[f"{r.metric}-{r.site}"] = (value, r.tainted)
             continue
-        if len(r.layers) != 1 or (fig_name == "readings" and r.keep not in ("top", "bottom")):
+        if len(layers) != 1:
             continue
         for panel in _panel_of(fig_name, r):
-            line = curves.setdefault(r.model, {}).setdefault(panel, {}).setdefault(_line_label(fig_name, r), {})
-            line[r.layers[0]] = (value, r.tainted)
+            line = curves.setdefault(model, {}).setdefault(panel, {}).setdefault(_line_label(fig_name, r), {})
+            line[layers[0]] = (value, r.tainted)
     return curves, baselines, ylabels
 
 
@@ -349,8 +222,6 @@ def _paper_series(fig_name: str, model: str, panel: str) -> dict[str, dict[int, 
     """The paper's numbers for a panel, keyed by 0-based block: only Table 8 (the readings figure) has any."""
     if fig_name != "readings":
         return {}
-    from repshift.report.tables import T8_COLUMNS, paper_value
-
     series = {}
     for keep in ("top", "bottom"):
         values = {int(c[1:]) - 1: paper_value("table8", model, f"{keep}50", "acc1", column=c) for c in T8_COLUMNS}
@@ -361,8 +232,6 @@ def _paper_series(fig_name: str, model: str, panel: str) -> dict[str, dict[int, 
 
 
 def _figure_notes(fig_name: str, any_tainted: bool, any_baseline: bool) -> list[str]:
-    from repshift.report.tables import paper_numbers
-
     notes = []
     if fig_name == "readings":
         notes.append("Dashed: the paper's Table 8 (DeiT-S, L2 across the MLP; its layer Lk is block k−1); ×: the paper's "
@@ -377,16 +246,16 @@ def _figure_notes(fig_name: str, any_tainted: bool, any_baseline: bool) -> list[
     return notes
 
 
-def layer_figure(fig_name: str, results: list) -> Figure | None:
+def layer_figure(fig_name: str, runs: list) -> Figure | None:
     """Accuracy against the pruned block, one line per score, one panel per model (Fig. 5: two per model).
 
-    ``fig_name`` is a key of :data:`LAYER_FIGURES`; ``results`` are :class:`~repshift.report.results.RunResult`.
+    ``fig_name`` is a key of :data:`LAYER_FIGURES`; ``runs`` are :class:`~repshift.report.core.Run` s.
     Points from random weights or synthetic data are hollow and their line's label ends with †; the paper's
     values, where it gives numbers, are a dashed series. Returns None when no result is a point of the figure.
     """
     if fig_name not in LAYER_FIGURES:
         raise ValueError(f"unknown layer figure {fig_name!r}; valid: {', '.join(LAYER_FIGURES)}")
-    curves, baselines, ylabels = _collect_curves(fig_name, results)
+    curves, baselines, ylabels = _collect_curves(fig_name, as_runs(runs))
     panels = [(model, panel) for model in sorted(curves) for panel in sorted(curves[model])]
     if not panels:
         return None
@@ -420,9 +289,7 @@ def layer_figure(fig_name: str, results: list) -> Figure | None:
 
 def _draw_layer_lines(ax: Any, fig_name: str, model: str, panel: str, lines: dict, baseline: tuple | None) -> None:
     """One line per score against the pruned block; hollow markers for tainted points; paper dashed; baseline red."""
-    from repshift.report.tables import _score_sort_key
-
-    order = sorted(lines, key=lambda label: _score_sort_key(f"{model} · {label}"))
+    order = sorted(lines, key=lambda label: score_sort_key(f"{model} · {label}"))
     for index, label in enumerate(order):
         points = lines[label]
         blocks = sorted(points)
@@ -444,10 +311,8 @@ def _draw_layer_lines(ax: Any, fig_name: str, model: str, panel: str, lines: dic
 
 def _draw_schedule(ax: Any, model: str, by_reading: dict) -> None:
     """Top-1 at the DeiT schedule: one marker series per reading over the scores; the paper's Ours (Table 5)."""
-    from repshift.report.tables import _score_sort_key, paper_value
-
     scores = sorted({score for values in by_reading.values() for score in values},
-                    key=lambda score: _score_sort_key(f"{model} · {score}"))
+                    key=lambda score: score_sort_key(f"{model} · {score}"))
     for k, reading in enumerate(sorted(by_reading, key=lambda r: list(_READING_COLOURS).index(r)
                                        if r in _READING_COLOURS else len(_READING_COLOURS))):
         values = by_reading[reading]
@@ -488,27 +353,30 @@ def _integer_locator():
     return MaxNLocator(integer=True)
 
 
-def make_layer_figures(results_root: str | os.PathLike, out_dir: str | os.PathLike,
-                       logger: Any = None, dpi: int = 150) -> dict[str, list[Path]]:
-    """Every :data:`LAYER_FIGURES` figure whose experiment folders under ``results_root`` hold results.
+def make_layer_figures(results_root: str | os.PathLike, out_dir: str | os.PathLike, logger: Any = None,
+                       dpi: int = 150) -> tuple[dict[str, list[Path]], list[RecordProblem]]:
+    """Every :data:`LAYER_FIGURES` figure whose tables' folders under ``results_root`` hold records.
 
-    -> ``{figure name: [png, pdf]}``; figures without results are left out (the caller says so).
+    -> (``{figure name: [png, pdf]}``, the result files that could not be read); figures without records are
+    left out (the caller says so).
     """
-    from repshift.report.results import load_results
-
-    written = {}
-    for name, folders in LAYER_FIGURES.items():
-        results = [r for folder in folders for r in load_results(Path(results_root) / folder)]
-        fig = layer_figure(name, results) if results else None
+    written, problems = {}, []
+    for name, tables in LAYER_FIGURES.items():
+        runs = []
+        for table in tables:
+            found, bad = load_runs(results_root, table)
+            runs += found
+            problems += bad
+        fig = layer_figure(name, runs) if runs else None
         if fig is not None:
             written[name] = save_figure(fig, out_dir, name, logger=logger, dpi=dpi)
-    return written
+    return written, problems
 
 
 # --------------------------------------------------------------------------- figures drawn elsewhere
 
-#: Figures that other modules draw (Fig. 1: ``python -m repshift.report.fig1``, Fig. 7:
-#: ``python -m repshift.report.fig7 --out <results>/fig7``), each as a PNG with a vector PDF beside it
+#: Figures that other commands draw (Fig. 1: ``python -m repshift.report fig1``, Fig. 7:
+#: ``python -m repshift.maps fig7 --out <results>/fig7``), each as a PNG with a vector PDF beside it
 #: (:func:`save_figure`): name -> PNG path under the results root.
 EXTERNAL_FIGURES: dict[str, str] = {"fig1": "tables/fig1.png", "fig7": "fig7/fig7.png"}
 

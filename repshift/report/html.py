@@ -1,13 +1,14 @@
-"""One self-contained HTML page with every table that has results and every figure.
+"""One self-contained HTML page: the claims ledger, every table that has records, every figure.
 
-    python -m repshift.report html [results=outputs] [figures=outputs/figures] [out=outputs/report]
+    python -m repshift.report html [--results outputs] [--figures outputs/figures] [--out outputs/report]
 
-Tables are the ones ``python -m repshift.report table=<name>`` prints (:func:`repshift.report.tables.build`
-and :func:`~repshift.report.tables.render`: paper beside ours, Δ, † for random weights / synthetic data),
-one per name in :data:`~repshift.report.tables.TABLES` whose folder ``<results>/<name>`` holds results.
-Under each table, the provenance of its runs (commit, device, kernel, precision, weights, data), read
-through :func:`repshift.report.results.load_results`, sits in a ``<details>`` element. Figures are the PNGs
-of ``figures=`` (``make figures``) and of ``<results>/tables`` (the reports' own plots), inlined as data
+The page opens with the claims ledger (:mod:`repshift.report.claims`). The tables are the frames that
+``python -m repshift.report table`` prints (:func:`repshift.report.tables.build`), rendered by
+:func:`repshift.report.core.render_html` (``DataFrame.to_html`` of the same cells), one per name in
+:data:`~repshift.report.tables.TABLES` whose folders hold records. Under each table, the provenance of its
+runs (commit, device, kernel, precision, weights, data) sits in a ``<details>`` element; result files that
+could not be read are listed with their path and why, and the table is built from the rest. Figures are the
+PNGs of ``--figures`` (``make figures``) and of ``<results>/tables`` (the reports' own plots), inlined as data
 URIs, so the page is one file that opens anywhere, offline.
 """
 from __future__ import annotations
@@ -19,74 +20,54 @@ import os
 from pathlib import Path
 
 from repshift.io import atomic_open
-from repshift.report.results import RunResult, load_results
+from repshift.record import RecordProblem
+from repshift.report.core import Run, load_runs
 
-__all__ = ["markdown_table_html", "provenance_html", "write_report", "report_html"]
+__all__ = ["provenance_html", "problems_html", "write_report", "report_html"]
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; } h3 { font-size: 1em; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 0.2em 0.5em; } td { text-align: right; }
-td:first-child, th:first-child { text-align: left; white-space: nowrap; }
-tr.paper td { color: #666; } tr.tainted td:first-child { font-style: italic; }
-.notes { font-size: 0.8em; color: #444; } details { margin: 0.5em 0 1.5em; font-size: 0.85em; }
+td:first-child, th:first-child, tbody th { text-align: left; white-space: nowrap; }
+#claims td { text-align: left; } tr.reproduced td:nth-child(4) { color: #1a7f37; }
+tr.not-reproduced td:nth-child(4) { color: #b42318; } tr.not-measured td:nth-child(4) { color: #666; }
+.notes, .problems { font-size: 0.8em; color: #444; } details { margin: 0.5em 0 1.5em; font-size: 0.85em; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #444; } nav a { margin-right: 1em; }
 """
 
 
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+def _provenance_row(run: Run) -> list[str]:
+    r = run.record
+    commit = str(r.env.get("git_commit") or "unknown")[:12] + (" (dirty)" if r.env.get("git_dirty") else "")
+    source = r.weights.source + (f" (trained from {r.weights.initial.source})" if r.weights.initial else "")
+    data = ""
+    if r.dataset is not None:
+        data = f"{r.dataset.name} (n={r.dataset.n})" + (", synthetic" if r.dataset.synthetic else "")
+    bench = r.bench
+    return [r.run_name, r.method.label, r.model.name, commit, r.identity.device, bench.device if bench else "",
+            ", ".join(bench.kernel) if bench else "", bench.precision if bench else "",
+            ("real: " if r.weights.real else "random: ") + source, data, run.path]
 
 
-def markdown_table_html(markdown: str) -> str:
-    """The markdown of :func:`repshift.report.tables.render` (title, pipe table, notes) as HTML."""
-    lines = markdown.splitlines()
-    title = lines[0][3:] if lines and lines[0].startswith("## ") else ""
-    rows = [line for line in lines if line.startswith("|")]
-    notes = [line for line in lines[1:] if line.strip() and not line.startswith("|")]
-    parts = [f"<h3>{html.escape(title)}</h3>"]
-    if rows:
-        header, body = _cells(rows[0]), rows[2:]  # rows[1] is the |:---|---:| alignment line
-        parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr></thead><tbody>")
-        for line in body:
-            cells = _cells(line)
-            classes = [c for c, hit in (("paper", cells[0].endswith("paper")), ("tainted", "†" in cells[0])) if hit]
-            parts.append(f'<tr class="{" ".join(classes)}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-                         + "</tr>")
-        parts.append("</tbody></table>")
-    if notes:
-        parts.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    return "\n".join(parts)
-
-
-def _provenance_row(r: RunResult) -> list[str]:
-    env = r.raw.get("env") or {}
-    commit = str(env.get("git_commit") or "unknown")[:12] + (" (dirty)" if env.get("git_dirty") else "")
-    weights = r.raw.get("weights") or {}
-    source = weights.get("source") or ""
-    if weights.get("initial"):
-        source += f" (trained from {weights['initial']})"
-    data = r.dataset or ""
-    if r.dataset_n is not None:
-        data += f" (n={r.dataset_n})"
-    if r.synthetic:
-        data += ", synthetic"
-    return [r.raw.get("run_name") or Path(r.path or "?").parent.name, r.method_label, r.model, commit,
-            r.env_device or "", r.bench_device or "", ", ".join(r.kernels), r.bench_precision or "",
-            ("real: " if r.real_weights else "random: " if r.real_weights is False else "") + source, data,
-            r.path or ""]
-
-
-def provenance_html(results: list[RunResult]) -> str:
+def provenance_html(runs: list[Run]) -> str:
     """A ``<details>`` element listing each run: commit, device, kernel, precision, weights, data, file."""
     header = ["run", "method", "model", "commit", "device", "bench device", "kernel", "precision", "weights",
               "data", "result file"]
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in _provenance_row(r)) + "</tr>"
-                   for r in sorted(results, key=lambda r: r.path or ""))
-    return (f"<details><summary>Provenance: {len(results)} run(s)</summary><table><thead><tr>"
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in _provenance_row(run)) + "</tr>"
+                   for run in sorted(runs, key=lambda run: run.path))
+    return (f"<details><summary>Provenance: {len(runs)} run(s)</summary><table><thead><tr>"
             + "".join(f"<th>{h}</th>" for h in header) + f"</tr></thead><tbody>{rows}</tbody></table></details>")
+
+
+def problems_html(problems: list[RecordProblem]) -> str:
+    """The result files a table could not use, each with its path and why."""
+    if not problems:
+        return ""
+    items = "".join(f"<li><code>{html.escape(p.path)}</code>: {html.escape(p.reason)}</li>" for p in problems)
+    return f'<div class="problems"><p>{len(problems)} result file(s) could not be used:</p><ul>{items}</ul></div>'
 
 
 def _figure_files(folders: list[Path]) -> list[Path]:
@@ -106,30 +87,29 @@ def _figure_html(path: Path) -> str:
             f'src="data:image/png;base64,{data}"><figcaption>{caption}</figcaption></figure>')
 
 
-#: Tables read from another table's folder (as ``python -m repshift.report.fig1`` does); the rest read ``<name>/``.
-TABLE_FOLDERS = {"fig1": "table2"}
-
-
 def report_html(results_root: str | os.PathLike, figures_dir: str | os.PathLike) -> str:
-    """The page: every table of :data:`~repshift.report.tables.TABLES` that has results, then every figure."""
-    from repshift.report.tables import TABLES, build, render
+    """The page: the claims ledger, every table of :data:`~repshift.report.tables.TABLES` that has records, then
+    every figure."""
+    from repshift.report.claims import ledger, render_html as ledger_html
+    from repshift.report.tables import TABLES, build, render_html
 
     results_root = Path(results_root)
-    sections, toc = [], []
+    sections = [f'<section id="claims">{ledger_html(ledger([results_root]))}</section>']
+    toc = ['<a href="#claims">claims</a>']
     for name in TABLES:
-        results = load_results(results_root / TABLE_FOLDERS.get(name, name))
-        if not results:
+        runs, problems = load_runs(results_root, name)
+        if not runs and not problems:
             continue
-        markdown, _ = render(name, build(name, results))
-        sections.append(f'<section id="table-{name}"><h2>{name}</h2>\n{markdown_table_html(markdown)}\n'
-                        f"{provenance_html(results)}</section>")
+        table = render_html(name, build(name, runs)) if runs else "<p>No valid run record.</p>"
+        sections.append(f'<section id="table-{name}"><h2>{name}</h2>\n{table}\n{problems_html(problems)}'
+                        f"{provenance_html(runs)}</section>")
         toc.append(f'<a href="#table-{name}">{name}</a>')
     figures = _figure_files([Path(figures_dir), results_root / "tables"])
     if figures:
         sections.append('<section id="figures"><h2>Figures</h2>\n' + "\n".join(_figure_html(p) for p in figures)
                         + "</section>")
         toc.append('<a href="#figures">figures</a>')
-    if not sections:
+    if len(sections) == 1:
         sections.append(f"<p>No results under {html.escape(str(results_root))} and no figures in "
                         f"{html.escape(str(figures_dir))}: run an experiment (make reproduce-table5 SMOKE=1) or "
                         "make figures first.</p>")

@@ -1,282 +1,129 @@
-"""Score maps (Figs. 4 and 6): where class attention and representation shift see a token as important.
+"""The one renderer of every score-map figure: images with min-max normalised maps laid over them.
 
-    python -m repshift.report maps [model=deit_b] [data=data/imagenet] [images=4] [out=outputs/figures]
-    python -m repshift.report maps smoke=true        # tiny random ViT on ShapeBench, masks outlined
+Figs. 4 / 6 (class attention vs representation shift at DeiT's blocks), Fig. 7 and the real-weights tier
+(the shift of every CNN stage) and the demo's score maps all draw through :func:`overlay_grid`. It takes
+arrays — images as ``H x W x 3`` uint8, maps as ``h x w`` numbers — and knows nothing of models: the maps are
+computed on the runner side (:mod:`repshift.maps`, :mod:`repshift.realweights`, :mod:`repshift.demo`).
+Maps are upsampled with PIL's bilinear filter (pixel centres aligned, as ``F.interpolate(...,
+align_corners=False)``).
 
-One row per image: the image, then each score's map at the paper's blocks (Fig. 6: DeiT-B, layers 1, 5, 9,
-i.e. 0-based blocks 0, 4, 8), each min-max normalised and overlaid on the image, with one colour bar.
-
-- ``fig6``: class attention (Eq. 2, ``repshift.attention_scores``) beside the L2 representation shift across
-  the MLP (``repshift.representation_shift``, the paper's default score).
-- ``fig4``: the L2 representation shift across the attention layer (the paper's Fig. 4 and Sec. 3 probe).
-
-Every value drawn comes from those two functions on an unpruned forward; prefix tokens (class,
-distillation, registers) are left out and the patch tokens are laid out on their grid.
-
-Arguments (``key=value``): ``model`` (a config in repshift/configs/model/, default deit_b) and ``model.<key>=...``
-overrides of it (``model.checkpoint=/path/deit_base.pth``, ``model.pretrained=false``); ``dataset``
-(``imagenet``: an ImageNet-layout folder read with the DeiT evaluation transform; ``shapebench``: with its
-ground-truth masks outlined) and ``data`` (its root, holding ``val/``); ``images`` (rows, evenly spaced
-over the split); ``blocks`` (0-based, default ``[0,4,8]``); ``out``; ``logger`` (``wandb`` or ``none``);
-``device``; ``figures`` (default ``[fig6,fig4]``); ``dpi`` (of the PNG, default 100); ``smoke=true`` (the SMOKE settings: a 12-block width-32 random ViT, ``model=tiny
-model.kwargs.depth=12``, on the ShapeBench images the SMOKE sweeps use).
+Uses matplotlib's object-oriented API on an Agg canvas, so it never changes the caller's pyplot backend.
 """
 from __future__ import annotations
 
 import math
 import os
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
+from PIL import Image
 
-import repshift
-from repshift.configs import CONFIG_DIR
-from repshift.report.figures import normalise_map, resize_map, save_figure, to_uint8_image
-
-__all__ = ["PAPER_BLOCKS", "MAP_FIGURES", "MapSamples", "MapFigure", "score_maps", "load_samples", "smoke_samples",
-           "map_figure", "build_map_model", "make_map_figures", "main"]
-
-#: The paper's layers 1, 5, 9 of DeiT-B (Fig. 6), as 0-based block indices.
-PAPER_BLOCKS = (0, 4, 8)
-
-#: figure name -> (column label, score) pairs; a score is ``attn_cls`` / ``attn_mean`` or ``<metric>-<site>``.
-MAP_FIGURES: dict[str, tuple[tuple[str, str], ...]] = {
-    "fig6": (("Attn (class attention)", "attn_cls"), ("Ours (L2, MLP)", "l2-mlp")),
-    "fig4": (("Shift across attention (L2)", "l2-attn"),),
-}
-
-CONFIGS = CONFIG_DIR
-# SMOKE: repshift/configs/model/tiny.yaml (random weights) with 12 blocks, so the paper's blocks 0, 4, 8 exist.
-SMOKE_MODEL, SMOKE_MODEL_OVERRIDES = "tiny", ("pretrained=false", "kwargs.depth=12")
-# The ShapeBench folder and parameters of repshift/configs/smoke/on.yaml, so SMOKE maps reuse the SMOKE sweeps' images.
-SMOKE_SHAPEBENCH = ("shapebench-smoke", {"n_train_per_class": 1, "n_val_per_class": 2, "seed": 0})
-USAGE = ("usage: python -m repshift.report maps [model=deit_b] [model.<key>=value ...] [dataset=imagenet|shapebench] "
-         "[data=<root holding val/>] [images=4] [blocks=[0,4,8]] [out=outputs/figures] [logger=wandb|none] "
-         "[device=cpu] [smoke=true]")
+__all__ = ["normalise_map", "as_grid", "upsample", "overlay_grid", "stage_figure"]
 
 
-def score_maps(model: torch.nn.Module, images: torch.Tensor, score: str, blocks: Sequence[int]) -> torch.Tensor:
-    """``[B, len(blocks), h, w]`` token scores of the patch tokens at ``blocks``, from an unpruned forward.
+def normalise_map(m: Any) -> np.ndarray:
+    """Min-max normalise to [0, 1]; a constant (or all-NaN) map becomes all zeros. NaNs count as the minimum."""
+    arr = np.asarray(m, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return np.zeros_like(arr)
+    lo, hi = arr[finite].min(), arr[finite].max()
+    arr = np.where(finite, arr, lo)
+    return np.zeros_like(arr) if hi - lo <= 0 else (arr - lo) / (hi - lo)
 
-    ``score`` is ``attn_cls`` / ``attn_mean`` (:func:`repshift.attention_scores`) or ``<metric>-<site>``
-    (:func:`repshift.representation_shift`, e.g. ``l2-mlp``).
+
+def as_grid(m: Any) -> np.ndarray:
+    """A 2-D map: ``h x w`` as it is, a vector of ``side²`` token scores as its square grid."""
+    arr = np.squeeze(np.asarray(m, dtype=np.float64))
+    if arr.ndim == 1:
+        side = math.isqrt(arr.size)
+        if side * side != arr.size:
+            raise ValueError(f"1-D score map of length {arr.size} is not a square grid")
+        arr = arr.reshape(side, side)
+    if arr.ndim != 2:
+        raise ValueError(f"score map must be 2-D (h, w), got shape {arr.shape}")
+    return arr
+
+
+def upsample(m: Any, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a 2-D map to ``(height, width)`` (PIL, pixel centres aligned)."""
+    grid = as_grid(m).astype(np.float32)
+    if grid.shape == (height, width):
+        return grid.astype(np.float64)
+    return np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BILINEAR), dtype=np.float64)
+
+
+def overlay_grid(images: Sequence[np.ndarray], maps: Sequence[Sequence[Optional[Any]]], *, row_labels: Sequence[str],
+                 column_titles: Sequence[str], title: str = "", panel_labels: Optional[Sequence[Sequence[str]]] = None,
+                 masks: Optional[Sequence[Optional[np.ndarray]]] = None, image_title: str = "image",
+                 colorbar: bool = True, cmap: str = "jet", alpha: float = 0.5, panel_size: float = 1.9) -> Figure:
+    """One row per image: the image, then ``maps[row][column]`` each min-max normalised, upsampled and laid over it.
+
+    ``images``: ``H x W x 3`` uint8, one per row; ``maps[row]``: one 2-D map (or None: an empty grey panel) per
+    entry of ``column_titles``; ``panel_labels[row][column]``: a caption under that panel (grid size, a ratio);
+    ``masks[row]``: a foreground mask ``H x W`` outlined in white on every panel of its row. One colour bar
+    serves every panel. Constrained layout keeps titles, captions and the colour bar clear of each other.
     """
-    with torch.no_grad():
-        if score.startswith("attn"):
-            scores = repshift.attention_scores(model, images, metric=score)
-        else:
-            metric, site = score.split("-")
-            scores = repshift.representation_shift(model, images, metric=metric, site=site)
-    depth = scores.shape[1]
-    bad = [b for b in blocks if not 0 <= b < depth]
-    if bad:
-        raise ValueError(f"blocks {bad} do not exist: the model has {depth} blocks (0-based indices 0..{depth - 1})")
-    patches = scores[:, list(blocks), getattr(model, "num_prefix_tokens", 1):]
-    side = math.isqrt(patches.shape[-1])
-    if side * side != patches.shape[-1]:
-        raise ValueError(f"{patches.shape[-1]} patch tokens do not form a square grid")
-    return patches.reshape(*patches.shape[:2], side, side).float().cpu()
-
-
-@dataclass
-class MapSamples:
-    """The images of a map figure: normalised tensors, row names and (ShapeBench) masks ``[B, H, W]``."""
-
-    images: torch.Tensor
-    names: list[str]
-    masks: torch.Tensor | None = None
-    dataset: str = ""
-
-
-def load_samples(dataset: str, root: str | os.PathLike, n: int, img_size: int = 224) -> MapSamples:
-    """``n`` images spread evenly over ``root/val`` (every class seen when ``n`` allows)."""
-    from repshift.data.transforms import eval_transform
-
-    root = Path(root)
-    if dataset == "shapebench":
-        from repshift.data.shapebench import ShapeBenchDataset
-
-        data = ShapeBenchDataset(root, "val", eval_transform(img_size, crop_pct=1.0), with_masks=True)
-    elif dataset == "imagenet":
-        from repshift.data.folder import ImageFolderDataset
-
-        if not (root / "val").is_dir():
-            raise FileNotFoundError(f"data={root} has no val/ folder: point data= at an ImageNet-layout folder "
-                                    "(<root>/val/<class>/<image>), e.g. data=/datasets/imagenet")
-        data = ImageFolderDataset(root, "val", eval_transform(img_size))
-    else:
-        raise ValueError(f"dataset={dataset!r}: use imagenet or shapebench")
-    if len(data) == 0:
-        raise FileNotFoundError(f"data={root}: no images under val/")
-    indices = [int(i * len(data) / n) for i in range(min(n, len(data)))]
-    items = [data[i] for i in indices]
-    names = [f"{Path(data.samples[i][0]).parent.name}/{Path(data.samples[i][0]).stem}" for i in indices]
-    images = torch.stack([item[0] for item in items])
-    masks = torch.stack([item[2] for item in items]) if dataset == "shapebench" else None
-    return MapSamples(images, names, masks, dataset)
-
-
-@dataclass
-class MapFigure:
-    """A drawn map figure: the figure, the raw maps drawn (``{score: [B, blocks, h, w]}``) and, once saved, its files."""
-
-    name: str
-    figure: Figure
-    maps: dict[str, np.ndarray]
-    blocks: tuple[int, ...]
-    paths: list[Path] = field(default_factory=list)
-
-
-def map_figure(samples: MapSamples, maps: dict[str, tuple[str, torch.Tensor]], blocks: Sequence[int],
-               title: str, cmap: str = "jet", alpha: float = 0.5) -> Figure:
-    """One row per image: the image, then ``maps`` (``{score: (column label, [B, len(blocks), h, w])}``) per block.
-
-    Each map is min-max normalised on its own, upsampled bilinearly to the image and overlaid on it; one colour
-    bar serves them all. A ShapeBench mask is outlined in white on every panel of its row.
-    """
-    n_images = len(samples.names)
-    columns = [(score, label, j, block) for score, (label, _) in maps.items() for j, block in enumerate(blocks)]
-    fig = Figure(figsize=(1.9 * (1 + len(columns)) + 0.9, 1.9 * n_images + 0.7), layout="constrained")
+    rows, columns = len(images), len(column_titles)
+    if rows == 0 or len(maps) != rows or len(row_labels) != rows:
+        raise ValueError(f"{rows} images, {len(maps)} rows of maps and {len(row_labels)} row labels: need one per row")
+    fig = Figure(figsize=(panel_size * (1 + columns) + (0.9 if colorbar else 0.2),
+                          panel_size * rows + 0.5 + 0.15 * title.count("\n")), layout="constrained")
+    fig.get_layout_engine().set(h_pad=0.08)  # room for the descenders of the bottom row's captions
     FigureCanvasAgg(fig)
-    axes = fig.subplots(n_images, 1 + len(columns), squeeze=False)
-    for i in range(n_images):
-        image = to_uint8_image(samples.images[i])
+    axes = fig.subplots(rows, 1 + columns, squeeze=False)
+    for i, image in enumerate(images):
+        image = np.asarray(image)
         height, width = image.shape[:2]
-        mask = samples.masks[i].numpy() if samples.masks is not None else None
+        mask = masks[i] if masks is not None else None
         axes[i][0].imshow(image)
-        axes[i][0].set_ylabel(samples.names[i], fontsize=7)
-        for k, (score, label, j, block) in enumerate(columns, start=1):
-            ax = axes[i][k]
-            ax.imshow(image)
-            ax.imshow(resize_map(normalise_map(maps[score][1][i, j]), height, width), cmap=cmap, alpha=alpha,
-                      vmin=0.0, vmax=1.0)
-            if i == 0:
-                ax.set_title(f"{label}\nL{block + 1} (block {block})", fontsize=7)
+        axes[i][0].set_ylabel(row_labels[i], fontsize=7)
+        if len(maps[i]) != columns:
+            raise ValueError(f"row {i} has {len(maps[i])} maps for {columns} columns")
+        for j, score_map in enumerate(maps[i], start=1):
+            ax = axes[i][j]
+            if score_map is None:
+                ax.set_facecolor("0.9")
+            else:
+                ax.imshow(image)
+                ax.imshow(upsample(normalise_map(as_grid(score_map)), height, width), cmap=cmap, alpha=alpha,
+                          vmin=0.0, vmax=1.0)
+            if panel_labels is not None:
+                ax.set_xlabel(panel_labels[i][j - 1], fontsize=6)
         if mask is not None:
             for ax in axes[i]:
-                ax.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
-    axes[0][0].set_title("image" + (" (mask outlined)" if samples.masks is not None else ""), fontsize=7)
+                ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors="white", linewidths=0.8)
+    for j, name in enumerate([image_title, *column_titles]):
+        axes[0][j].set_title(name, fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=cmap), ax=axes[:, 1:].ravel().tolist(), shrink=0.8,
-                 label="score (min–max per map)")
-    fig.suptitle(title, fontsize=9)
+    if colorbar:
+        fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=cmap), ax=axes[:, 1:].ravel().tolist(), shrink=0.8,
+                     label="score (min–max per map)")
+    if title:
+        fig.suptitle(title, fontsize=8)
     return fig
 
 
-def _model_config(name: str, overrides: list[str]) -> dict:
-    path = CONFIGS / "model" / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml")))
-        raise FileNotFoundError(f"model={name}: no repshift/configs/model/{name}.yaml; known: {known}")
-    # the model configs interpolate the suite's paths (e.g. ${paths.output_dir}/shapebench/...)
-    paths = {"root_dir": os.getcwd(),
-             "data_dir": os.environ.get("REPSHIFT_DATA", str(Path.cwd() / "data")),
-             "output_dir": os.environ.get("REPSHIFT_OUTPUTS", str(Path.cwd() / "outputs"))}
-    node = OmegaConf.merge(OmegaConf.create({"paths": paths, "model": OmegaConf.load(path)}),
-                           OmegaConf.from_dotlist([f"model.{o}" for o in overrides]))
-    return OmegaConf.to_container(node, resolve=True)["model"]
+def stage_figure(path: str | os.PathLike, images: Sequence[np.ndarray], maps: Sequence[Sequence[Any]],
+                 row_labels: Sequence[str], column_titles: Sequence[str], ratios: Optional[Sequence[Sequence[float]]],
+                 title: str, dpi: int = 120) -> Path:
+    """A CNN's stage maps (Fig. 7, the real-weights tier): ``maps[row][stage]``, each panel captioned with its grid
+    and, when ``ratios`` are given, its foreground / background mean ratio; writes ``path`` (PNG) and a PDF beside it."""
+    from repshift.report.figures import save_figure
 
-
-def build_map_model(name: str, overrides: list[str] = (), device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The model of ``repshift/configs/model/<name>.yaml`` with ``key=value`` overrides, its weights loaded, in eval mode."""
-    from repshift.models import build_model
-
-    model, weights = build_model(_model_config(name, list(overrides)))
-    return model.to(device).eval(), weights
-
-
-def _caption(model_name: str, weights: dict, samples: MapSamples) -> str:
-    source = str(weights.get("source", ""))
-    # a local file is named, not its path on this machine
-    kind = "random weights" if not weights.get("real") else Path(source[5:]).name if source.startswith("file:") else source
-    data = {"shapebench": "ShapeBench (synthetic)", "imagenet": "ImageNet val"}.get(samples.dataset, samples.dataset)
-    dagger = " †" if not weights.get("real") or samples.dataset == "shapebench" else ""
-    return f"{model_name} ({kind}) on {data}{dagger}"
-
-
-def make_map_figures(model: torch.nn.Module, samples: MapSamples, out_dir: str | os.PathLike,
-                     caption: str, blocks: Sequence[int] = PAPER_BLOCKS, logger: Any = None,
-                     figures: Sequence[str] = tuple(MAP_FIGURES), dpi: int = 100) -> list[MapFigure]:
-    """Draw and save each of ``figures`` (keys of :data:`MAP_FIGURES`) as PNG + PDF under ``out_dir``."""
-    device = next(model.parameters()).device
-    images = samples.images.to(device)
-    drawn = []
-    for name in figures:
-        maps = {score: (label, score_maps(model, images, score, blocks)) for label, score in MAP_FIGURES[name]}
-        what = " vs ".join(label for label, _ in MAP_FIGURES[name])
-        title = (f"Figure {name[-1]} — {what}, min-max normalised per map; {caption}"
-                 + ("\n† random weights or synthetic data: not comparable with the paper" if "†" in caption else ""))
-        fig = map_figure(samples, maps, blocks, title)
-        result = MapFigure(name, fig, {score: m.numpy() for score, (_, m) in maps.items()}, tuple(blocks))
-        result.paths = save_figure(fig, out_dir, name, logger=logger, dpi=dpi)
-        drawn.append(result)
-    return drawn
-
-
-def smoke_samples(n: int) -> MapSamples:
-    """``n`` images (with masks) of the SMOKE ShapeBench folder under ``$REPSHIFT_DATA`` (or ./data), made if missing."""
-    from repshift.data import shapebench
-
-    folder, params = SMOKE_SHAPEBENCH
-    root = Path(os.environ.get("REPSHIFT_DATA", Path.cwd() / "data")) / folder
-    return load_samples("shapebench", shapebench.ensure(root, progress=False, **params), n)
-
-
-def main(argv: list[str]) -> int:
-    """``python -m repshift.report maps ...`` (see the module docstring)."""
-    from repshift.report.figures import figure_logger
-
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        print(f"error: arguments must be key=value, got {' '.join(bad)}\n{USAGE}", file=sys.stderr)
-        return 2
-    model_overrides = [a[len("model."):] for a in argv if a.startswith("model.")]
-    cli = OmegaConf.to_container(OmegaConf.from_cli([a for a in argv if not a.startswith("model.")]), resolve=True)
-    known = {"model", "dataset", "data", "images", "blocks", "out", "logger", "device", "smoke", "figures", "dpi"}
-    unknown = sorted(set(cli) - known)
-    if unknown:
-        print(f"error: unknown argument(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}, "
-              f"model.<key>\n{USAGE}", file=sys.stderr)
-        return 2
-    smoke = bool(cli.get("smoke", False))
-    n_images = int(cli.get("images", 3 if smoke else 4))
-    blocks = tuple(int(b) for b in cli.get("blocks", PAPER_BLOCKS))
-    out_dir = Path(str(cli.get("out", "outputs/figures")))
-    figures = [str(f) for f in cli.get("figures", MAP_FIGURES)]
-    if set(figures) - set(MAP_FIGURES):
-        print(f"error: figures={figures}: known map figures are {', '.join(MAP_FIGURES)}", file=sys.stderr)
-        return 2
-    if smoke:
-        name = str(cli.get("model", SMOKE_MODEL))
-        model_overrides = [*SMOKE_MODEL_OVERRIDES, *model_overrides]
-        samples = smoke_samples(n_images)
-    else:
-        name = str(cli.get("model", "deit_b"))
-        default_root = Path(os.environ.get("REPSHIFT_DATA", Path.cwd() / "data")) / "imagenet"
-        try:
-            samples = load_samples(str(cli.get("dataset", "imagenet")), Path(str(cli.get("data", default_root))),
-                                   n_images)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-    model, weights = build_map_model(name, model_overrides, device=str(cli.get("device", "cpu")))
-    logger = figure_logger(str(cli.get("logger", "none" if smoke else "wandb")), out_dir, "maps")
-    try:
-        drawn = make_map_figures(model, samples, out_dir, _caption(name, weights, samples), blocks, logger,
-                                 figures, dpi=int(cli.get("dpi", 100)))
-    finally:
-        logger.finish()
-    for result in drawn:
-        print("wrote " + ", ".join(str(p) for p in result.paths))
-    return 0
+    captions = []
+    for i, row in enumerate(maps):
+        captions.append([f"{as_grid(m).shape[0]}x{as_grid(m).shape[1]}"
+                         + ("" if ratios is None else f", fg/bg {ratios[i][j]:.2f}") for j, m in enumerate(row)])
+    fig = overlay_grid(images, maps, row_labels=row_labels, column_titles=column_titles, title=title,
+                       panel_labels=captions, colorbar=False, panel_size=2.2)
+    path = Path(path)
+    save_figure(fig, path.parent, path.stem, dpi=dpi)
+    return path
