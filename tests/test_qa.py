@@ -15,7 +15,7 @@ from repshift.data.video_qa import VideoQADataset, load_answer_list, load_qa_ann
 from repshift.data.video_text import AnnotationError, SKIPPED_INDEX
 from repshift.evaluate.qa import evaluate_qa, qa_accuracy
 from repshift.models import build_model, umt, umt_qa, umt_weights
-from repshift.report.results import RunResult
+from repshift.record import RunRecord
 from repshift.report.video_tables import build_table4
 
 from support import make_smoke, run_module, run_torchrun_workers
@@ -413,7 +413,8 @@ def test_runner_on_synthetic_qa_and_table4(tmp_path):
     assert (metrics["n_questions"], metrics["n_answers"], metrics["k_test"], metrics["answerable"]) == (9, 11, 11, 100)
     assert metrics["acc"] == pytest.approx(100 * sum(p["correct"] for p in predictions) / 9)
     assert predictions[0]["question_id"] == "q0" and predictions[0]["question"].startswith("what colour is the")
-    table = build_table4([RunResult.from_dict(result)])
+    path = tmp_path / "out" / "run" / "result.json"
+    table = build_table4([(str(path), RunRecord.read(path))])
     assert table.loc["MSVD-QA · Acc †", "UMT-B Attn · ours"] == pytest.approx(metrics["acc"])
     assert table.loc["MSVD-QA · Acc †", "UMT-B Attn · paper"] == 46.5
     assert table.loc["Speed-up ×", "UMT-L Ours · paper"] == pytest.approx(46 / 12)

@@ -5,7 +5,7 @@ import sys
 import textwrap
 
 import pytest
-from runner_support import named_folder, run_here
+from runner_support import run_here
 from support import ROOT, make_record
 from support import run_module as run
 
