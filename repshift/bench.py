@@ -5,6 +5,10 @@ Throughput follows the paper's protocol: random input already on the device (no 
 synchronisation; the figure reported is the median samples/s over repeats, in the model's own
 unit (``img/s`` for images, ``vid/s`` for videos).
 
+``compile=True`` (Hydra: ``bench.compile=true``) times :func:`compiled` models instead:
+``torch.compile(model, fullgraph=True)`` with inductor, so a patched model runs as one graph; the first
+warm-up call compiles (its seconds are recorded as ``first_call_s``) and the record says ``compiled``.
+
 GMACs follow the paper's "GFLOPs": multiply-accumulates (FLOPs / 2) of one sample, attention
 matmuls included, counted by ``torch.utils.flop_counter`` on the model as it actually runs, so
 pruned token counts are what is counted. The counted forward runs attention through SDPA's math
@@ -38,6 +42,19 @@ from repshift.ops import tally_macs
 from repshift.patch import is_patched
 
 AMP_DTYPES = {None: None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model, fullgraph=True)``: the whole forward as one inductor graph (a graph break raises).
+
+    The compiled module shares the model's parameters and, for a patched model, its ``PruneState``.
+    """
+    return torch.compile(model, fullgraph=True)
+
+
+def eager_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a :func:`compiled` model wraps (the model itself when it is not compiled)."""
+    return getattr(model, "_orig_mod", model)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -131,20 +148,28 @@ def compare(
     The models take turns within every repeat, in a rotating order, so drift in machine load and
     the cost of going first or last hit them alike.
     Returns, per model name, the median, every repeat, the attention kernels that ran and the
-    settings.
+    settings. A :func:`compiled` model is timed as compiled; its kernels are recorded on the eager module it
+    wraps (inductor may still swap an eager softmax-attention for a fused one), and its first warm-up call,
+    which compiles, is timed as ``first_call_s`` (None without warm-up).
     """
     device = torch.device(device)
     inputs = torch.randn(batch_size, *input_size, device=device)
     if amp_dtype not in AMP_DTYPES:
         raise ValueError(f"amp_dtype must be one of {list(AMP_DTYPES)}, got {amp_dtype!r}")
     autocast = torch.autocast(device.type, dtype=AMP_DTYPES[amp_dtype], enabled=amp_dtype is not None)
-    kernels, rates = {}, {name: [] for name in models}
+    kernels, rates, first_call = {}, {name: [] for name in models}, {}
     for name, model in models.items():
         model.eval()
         with autocast:
-            kernels[name], _ = record_kernels(model, inputs)
-            for _ in range(warmup):
+            kernels[name], _ = record_kernels(eager_module(model), inputs)
+            # A compiled model compiles on its first call, which must not be a timed one.
+            calls = warmup if model is eager_module(model) else max(warmup, 1)
+            start = time.perf_counter()
+            for _ in range(calls):
                 model(inputs)
+                if name not in first_call:
+                    _synchronize(device)
+                    first_call[name] = time.perf_counter() - start
     _synchronize(device)
     names = list(models)
     for repeat in tqdm(range(repeats), desc=desc, disable=not progress, leave=False):
@@ -167,11 +192,12 @@ def compare(
     }
     return {
         name: {"throughput": statistics.median(rates[name]), "unit": unit, "repeats": rates[name], "kernel": kernels[name],
-               **settings}
-        for name in models
+               "compiled": model is not eager_module(model), "first_call_s": first_call.get(name), **settings}
+        for name, model in models.items()
     }
 
 
-def throughput(model, **settings) -> dict:
-    """``compare`` for a single model: its median throughput, kernels and settings."""
-    return compare({"model": model}, **settings)["model"]
+def throughput(model, *, compile: bool = False, **settings) -> dict:
+    """``compare`` for a single model (``compile``: timed as :func:`compiled`): its median throughput, kernels
+    and settings."""
+    return compare({"model": compiled(model) if compile else model}, **settings)["model"]
