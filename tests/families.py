@@ -5,15 +5,21 @@ tests/test_export.py, tests/test_amp.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import timm
 import torch
+from omegaconf import OmegaConf
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from repshift.models import umt
+from repshift.data.shapebench import render
+from repshift.data.transforms import eval_transform
+from repshift.demo import SHIPPED_CHECKPOINT
+from repshift.models import build_model, umt
 from repshift.models.vim import VisionMamba
+from repshift.select import keep_grid_lines
+from support import CONFIGS
 
 
 def vit(**kwargs) -> nn.Module:
@@ -99,3 +105,32 @@ CASES = {
 def outputs(result) -> tuple[torch.Tensor, ...]:
     """A forward's tensors: UMT's encoder returns ``(tokens, frame embeddings)``, the others one tensor."""
     return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+
+
+def shapebench_vit() -> tuple[nn.Module, torch.Tensor]:
+    """The tiny ViT trained on ShapeBench (shipped with the demo, eval mode) and 8 rendered val images, one per
+    class: trained weights on real inputs, where kept-token agreement means something."""
+    config = OmegaConf.load(CONFIGS / "model" / "vit_shapebench.yaml")
+    model, _ = build_model(config.name, checkpoint=str(SHIPPED_CHECKPOINT), kwargs=dict(config.kwargs))
+    transform = eval_transform(224, crop_pct=1.0)
+    images = torch.stack([transform(render(0, "val", label, 0)[0].convert("RGB")) for label in range(8)])
+    return model.eval(), images
+
+
+def kept_tokens(model, inputs: torch.Tensor, dtype: Optional[torch.dtype]) -> list[set]:
+    """Per sample, the tokens a patched model kept in a forward (under autocast to ``dtype`` on the inputs' device,
+    or none): original positions for sequences, the (row, column) pairs of the first pruned stage's grid for a
+    ResNet (selected again from its recorded score map)."""
+    state = model.repshift
+    state.record = state.family == "timm-resnet"
+    with torch.no_grad(), torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
+        model(inputs)
+    if state.family != "timm-resnet":
+        return [set(row.tolist()) for row in state.book["position"]]
+    rows, cols = keep_grid_lines(state.recorded[state.layers[0]], state.num[0], state.num[0])
+    return [{(r, c) for r in rs.tolist() for c in cs.tolist()} for rs, cs in zip(rows, cols)]
+
+
+def kept_agreement(a: list[set], b: list[set]) -> float:
+    """The share of the kept tokens of ``a`` (per sample sets) that ``b`` kept too."""
+    return sum(len(x & y) for x, y in zip(a, b)) / sum(len(x) for x in a)

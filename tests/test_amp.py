@@ -9,36 +9,11 @@ and predicts the same class for all 8; the tiny random-weight models of every fa
 """
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import repshift
-from families import CASES, outputs
-from repshift.data.shapebench import render
-from repshift.data.transforms import eval_transform
-from repshift.demo import SHIPPED_CHECKPOINT
-from repshift.models import build_model
-from repshift.select import keep_grid_lines
-from support import CONFIGS
+from families import CASES, kept_agreement, kept_tokens, outputs, shapebench_vit
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
-
-
-def kept_tokens(model, inputs, autocast: bool) -> list[set]:
-    """Per sample, the tokens the pruning kept: original positions (sequences), or the (row, column) pairs of the
-    first pruned stage's grid (ResNet, from its recorded score map)."""
-    state = model.repshift
-    state.record = state.family == "timm-resnet"
-    with torch.no_grad(), torch.autocast(**BF16, enabled=autocast):
-        model(inputs)
-    if state.family != "timm-resnet":
-        return [set(row.tolist()) for row in state.book["position"]]
-    first = state.layers[0]
-    rows, cols = keep_grid_lines(state.recorded[first], state.num[0], state.num[0])
-    return [{(r, c) for r in rs.tolist() for c in cs.tolist()} for rs, cs in zip(rows, cols)]
-
-
-def agreement(a: list[set], b: list[set]) -> float:
-    return sum(len(x & y) for x, y in zip(a, b)) / sum(len(x) for x in a)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -55,8 +30,8 @@ def test_every_family_runs_under_bf16_and_mostly_keeps_the_fp32_tokens(name):
     assert any(r.dtype == torch.bfloat16 for r in result)  # autocast reached the model's matmuls
     assert model.repshift.tokens == tokens
     if model.repshift.metric != "none":  # the static control keeps fixed tokens whatever the precision
-        fp32 = kept_tokens(model, inputs, autocast=False)
-        assert agreement(fp32, kept_tokens(model, inputs, autocast=True)) >= 0.85
+        fp32 = kept_tokens(model, inputs, None)
+        assert kept_agreement(fp32, kept_tokens(model, inputs, torch.bfloat16)) >= 0.85
 
 
 @pytest.mark.parametrize("name", ["vit-l2-mlp", "vit-attn_cls-eager", "umt-l2-mlp", "umt-attn", "resnet-line-mlp",
@@ -72,23 +47,18 @@ def test_scores_are_float32_under_autocast(name):
 
 
 @pytest.fixture(scope="module")
-def shapebench_vit():
-    """The tiny ViT trained on ShapeBench (shipped with the demo) and 8 val images, one per class."""
-    config = OmegaConf.load(CONFIGS / "model" / "vit_shapebench.yaml")
-    model, _ = build_model(config.name, checkpoint=str(SHIPPED_CHECKPOINT), kwargs=dict(config.kwargs))
-    transform = eval_transform(224, crop_pct=1.0)
-    images = torch.stack([transform(render(0, "val", label, 0)[0].convert("RGB")) for label in range(8)])
-    return model.eval(), images
+def trained_vit():
+    return shapebench_vit()
 
 
 @pytest.mark.parametrize("metric,site,least", [("l2", "mlp", 0.99), ("l1", "attn", 0.985), ("cos", "block", 0.98),
                                                 ("attn_cls", "mlp", 0.99)])
-def test_trained_vit_keeps_the_same_tokens_under_bf16(shapebench_vit, metric, site, least):
-    model, images = shapebench_vit
+def test_trained_vit_keeps_the_same_tokens_under_bf16(trained_vit, metric, site, least):
+    model, images = trained_vit
     repshift.patch(model, metric=metric, site=site, layers=(0, 3, 6), ratio=0.2)
     try:
-        fp32 = kept_tokens(model, images, autocast=False)
-        bf16 = kept_tokens(model, images, autocast=True)
+        fp32 = kept_tokens(model, images, None)
+        bf16 = kept_tokens(model, images, torch.bfloat16)
         with torch.no_grad():
             labels = model(images).argmax(1)
             with torch.autocast(**BF16):
@@ -96,4 +66,4 @@ def test_trained_vit_keeps_the_same_tokens_under_bf16(shapebench_vit, metric, si
     finally:
         repshift.unpatch(model)
     assert all(len(kept) == 102 for kept in fp32 + bf16)
-    assert agreement(fp32, bf16) >= least
+    assert kept_agreement(fp32, bf16) >= least
