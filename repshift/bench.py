@@ -21,8 +21,9 @@ Operators the counter cannot see are counted explicitly: the selective scans of 
 :func:`repshift.ops.scan_macs` = ``batch · length · d_inner · (6·d_state + 5) / 2`` per scan and
 direction (derived from the scan's operations: docs/vim.md), as tallied by
 :func:`repshift.ops.tally_macs` during the counted forward. A model with a ``scan_backend``
-attribute is counted on its PyTorch path (``"torch"``), whose causal convolutions the counter sees as ``conv1d`` (a CUDA kernel's would be invisible to it), so the
-figure is the same on every device. For models without scans the tally is 0 and nothing changes.
+attribute is counted on its PyTorch path (``"torch"``), whose causal convolutions the counter sees
+as ``conv1d`` (a CUDA kernel's would be invisible to it), so the figure is the same on every device.
+For models without scans the tally is 0 and nothing changes.
 """
 from __future__ import annotations
 

@@ -38,8 +38,9 @@ def parser_with_common_options(doc: str, *, models: Iterable[str], repeats: int,
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default="outputs/bench", help="folder for the JSON record")
     parser.add_argument("--compile", action="store_true",
-                        help=f"also time every variant compiled (torch.compile fullgraph, inductor) as <name>{COMPILED}, "
-                             "in the same interleaved run (the first call of each compiles: minutes on a CPU)")
+                        help=f"also time every variant compiled (torch.compile fullgraph, inductor) as "
+                             f"<name>{COMPILED}, in the same interleaved run (the first call of each compiles: "
+                             "minutes on a CPU)")
     return parser
 
 

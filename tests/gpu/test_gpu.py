@@ -127,8 +127,8 @@ def scan_inputs(batch=2, dim=384, length=197, state=16, seed=0):
     """Selective-scan arguments of ViM-T's size (mamba_ssm's layouts), on the GPU."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
-    args = dict(u=r(batch, dim, length), delta=r(batch, dim, length) * 0.5, A=-torch.rand(dim, state, generator=g) - 0.5,
-                B=r(batch, state, length), C=r(batch, state, length), D=r(dim), z=r(batch, dim, length),
+    args = dict(u=r(batch, dim, length), delta=r(batch, dim, length) * 0.5,
+                A=-torch.rand(dim, state, generator=g) - 0.5, B=r(batch, state, length), C=r(batch, state, length), D=r(dim), z=r(batch, dim, length),
                 delta_bias=r(dim) * 0.1)
     return {k: v.to(CUDA) for k, v in args.items()}
 
@@ -152,7 +152,6 @@ def test_pytorch_scan_matches_mamba_ssm():
 @torch.no_grad()
 def test_pytorch_causal_conv_matches_the_kernel():
     g = torch.Generator().manual_seed(0)
-    x, weight, bias = torch.randn(2, 384, 197, generator=g), torch.randn(384, 4, generator=g), torch.randn(384, generator=g)
-    x, weight, bias = x.to(CUDA), weight.to(CUDA), bias.to(CUDA)
+    x, weight, bias = (torch.randn(*shape, generator=g).to(CUDA) for shape in ((2, 384, 197), (384, 4), (384,)))
     torch.testing.assert_close(causal_conv1d(x, weight, bias, activation="silu", backend="torch"),
                                causal_conv1d(x, weight, bias, activation="silu", backend="cuda"), rtol=1e-4, atol=1e-4)
