@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 import bench_common
 from bench_patch import SCHEDULE, UMT_SCHEDULE, build
 from repshift.bench import compare
@@ -34,6 +36,9 @@ VARIANTS = ("base", "ours", "static")
 
 def run_size(key: str, args, cuda: bool, which: list[str]) -> dict:
     model_name, frames, side = SIZES[key]
+    # Models of one class share their forward's code, and dynamo keeps at most 8 compilations per code object:
+    # the previous sizes' models are gone, so are their compilations.
+    torch._dynamo.reset()
     umt = model_name == "umt_b"
     input_size = (frames, 3, side, side) if umt else (3, side, side)
     models = bench_common.with_compiled(
