@@ -129,3 +129,20 @@ def test_begin_takes_protected_positions_or_the_older_mask():
     (kept,) = state.prune(0, torch.arange(6.0).expand(3, 6), tokens)
     assert kept.shape == (3, 4, 4)
     assert state.book["position"].tolist() == [[0, 3, 4, 5]] * 3  # floor(0.5 * 4) = 2 dropped, 0 and 4 kept
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_bench_compile_option_times_the_compiled_model():
+    """``bench.compile=true``: run_bench compiles (inductor, fullgraph) before timing and says so in the record."""
+    from repshift.models import build_model
+    from repshift.tasks import run_bench
+    from support import compose_run
+
+    cfg = compose_run(["smoke=on", "model=tiny", "bench.compile=true"])
+    model = repshift.patch(build_model(cfg.model.name, kwargs=dict(cfg.model.kwargs))[0].eval(),
+                           metric="l2", site="mlp", layers=(0, 3, 6), ratio=0.2)
+    record, gmacs = run_bench(model, cfg, torch.device("cpu"))
+    assert record["compiled"] is True and record["first_call_s"] > 0 and record["throughput"] > 0
+    assert record["kernel"] == ["sdpa:flash(cpu)"] and gmacs > 0
+    assert model.repshift.tokens == [197] + [158] * 3 + [127] * 3 + [102]
