@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
@@ -89,15 +90,25 @@ def count(results: dict, models: Mapping[str, torch.nn.Module], input_size: Opti
         results[name]["tokens"] = list(model.repshift.tokens) if repshift.is_patched(model) else None
 
 
+def paired_ratios(results: dict, pairs: Iterable[tuple[str, str]]) -> dict:
+    """``a/b`` as the median over repeats of the ratio within each repeat: the two models ran minutes apart at
+    most, so load that drifts between repeats moves it less than it moves the ratio of the medians."""
+    return {f"{a}/{b}": statistics.median(x / y for x, y in zip(results[a]["repeats"], results[b]["repeats"]))
+            for a, b in pairs if a in results and b in results}
+
+
 def print_ratios(results: dict, pairs: Iterable[tuple[str, str]], targets: Optional[Mapping[str, float]] = None,
                  width: int = 12) -> dict:
-    """Print ``a/b`` throughput ratios of the pairs both timed, each against its target if one is given."""
+    """Print ``a/b`` throughput ratios of the pairs both timed (ratio of the medians, then the same-repeat median
+    of :func:`paired_ratios`), each against its target if one is given; returns the ratios of the medians."""
+    pairs = list(pairs)
     ratios = {f"{a}/{b}": results[a]["throughput"] / results[b]["throughput"]
               for a, b in pairs if a in results and b in results}
+    paired = paired_ratios(results, pairs)
     for key, value in ratios.items():
         target = (targets or {}).get(key)
         verdict = "" if target is None else f"  (target >= {target}: {'met' if value >= target else 'NOT met'})"
-        print(f"{key:{width}} {value:.3f}{verdict}")
+        print(f"{key:{width}} {value:.3f}  same-repeat {paired[key]:.3f}{verdict}")
     return ratios
 
 

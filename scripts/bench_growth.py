@@ -9,6 +9,7 @@ For every size, base / ours / static of scripts/bench_patch.py (DeiT: 20 % after
 after blocks 0, 1, 2) take turns in one run (repshift.bench.compare) and their GMACs are counted. Printed and
 recorded per size: the tokens, ours/base and static/base (throughput), ours/static (what scoring costs),
 and base/ours in GMACs (the speed-up a device whose time followed the multiply-accumulates would give).
+Throughput ratios are medians of the ratios within each repeat (bench_common.paired_ratios).
 Attention grows with the square of the tokens and everything else linearly, so pruning the same share
 of tokens removes a larger share of the work as clips grow longer or images larger.
 Random weights: throughput does not depend on them.
@@ -51,7 +52,9 @@ def run_size(key: str, args, cuda: bool, which: list[str]) -> dict:
                       desc=key)
     bench_common.count(results, models, input_size)
     pairs = [("ours", "base"), ("static", "base"), ("ours", "static")]
-    ratios = bench_common.print_ratios(results, pairs + bench_common.compiled_pairs(pairs, results), width=16)
+    pairs += bench_common.compiled_pairs(pairs, results)
+    bench_common.print_ratios(results, pairs, width=16)
+    ratios = bench_common.paired_ratios(results, pairs)  # what the table and the plot show
     if "ours" in results and "base" in results:
         ratios["gmacs base/ours"] = results["base"]["gmacs"] / results["ours"]["gmacs"]
     tokens = frames * (side // 16) ** 2 + (0 if umt else 1)
@@ -110,11 +113,12 @@ def main() -> None:
         print(f"== {key}")
         record["sizes"][key] = run_size(key, args, cuda, which)
         record["device"] = next(iter(record["sizes"][key]["results"].values()))["device"]
-    print(f"{'size':9} {'tokens':>6} {'ours/base':>9} {'static/base':>11} {'ours/static':>11} {'GMACs b/o':>9}")
+    columns = ["ours/base", "static/base", "ours/static", "ours+c/base+c", "ours+c/static+c", "base+c/base",
+               "ours+c/ours", "static+c/static", "gmacs base/ours"]
+    print(f"{'size':9} {'tokens':>6} " + " ".join(f"{c:>15}" for c in columns))
     for key, size in record["sizes"].items():
-        r = size["ratios"]
-        print(f"{key:9} {size['tokens']:6} {r.get('ours/base', 0):9.3f} {r.get('static/base', 0):11.3f} "
-              f"{r.get('ours/static', 0):11.3f} {r.get('gmacs base/ours', 0):9.3f}")
+        print(f"{key:9} {size['tokens']:6} " + " ".join(
+            f"{size['ratios'][c]:15.3f}" if c in size["ratios"] else f"{'-':>15}" for c in columns))
     suffix = "-compile" if args.compile else ""
     path = bench_common.write_record(args.out, f"bench_growth-{'cuda' if cuda else 'cpu'}{suffix}", record)
     if args.plot:

@@ -113,7 +113,8 @@ def main() -> None:
     compiled = "-compile" if args.compile else ""
     bench_common.write_record(
         args.out, f"bench_patch-{args.model}{shape}-{'cuda' if cuda else 'cpu'}-b{batch}{compiled}",
-        {"model": args.model, "input_size": list(input_size), "results": results, "ratios": ratios})
+        {"model": args.model, "input_size": list(input_size), "results": results, "ratios": ratios,
+         "paired_ratios": bench_common.paired_ratios(results, pairs)})
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ def headline(name: str, compile: bool) -> dict:
         print(f"{LABELS[variant]:18} {r['throughput']:10.1f}  {','.join(r['kernel'])}")
     ratios = bench_common.print_ratios(results, PAIRS, width=18)
     return {**spec, "input_size": list(spec["input_size"]), "results": results, "ratios": ratios,
+            "paired_ratios": bench_common.paired_ratios(results, PAIRS),
             "seconds": time.perf_counter() - start}
 
 
