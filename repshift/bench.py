@@ -43,6 +43,8 @@ from repshift.ops import tally_macs
 from repshift.patch import is_patched
 
 AMP_DTYPES = {None: None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: How :func:`compare` times: the wall clock, or (CPU only) the process's CPU time on one thread.
+CLOCKS = {"wall": "wall clock", "cpu": "process CPU time, 1 thread"}
 
 
 def compiled(model: torch.nn.Module) -> torch.nn.Module:
@@ -129,6 +131,17 @@ def device_name(device) -> str:
     return f"CPU: {cpu_name()} ({torch.get_num_threads()} threads)"
 
 
+@contextlib.contextmanager
+def _threads(count: int):
+    """torch's CPU threads set to ``count`` inside the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.inference_mode()
 def compare(
     models: dict,
@@ -143,57 +156,69 @@ def compare(
     repeats: int = 5,
     progress: bool = True,
     desc: str = "benchmark",
+    clock: str = "wall",
 ) -> dict:
     """Median samples/s (``unit``) of each model on the same random input ``[batch_size, *input_size]``.
 
     The models take turns within every repeat, in a rotating order, so drift in machine load and
-    the cost of going first or last hit them alike.
+    the cost of going first or last hit them alike. ``clock="cpu"`` (CPU only) runs one thread and
+    times the process's CPU time instead of the wall clock: on a machine shared with other jobs,
+    their load then barely moves the figure (the unit says ``(CPU time)``).
     Returns, per model name, the median, every repeat, the attention kernels that ran and the
     settings. A :func:`compiled` model is timed as compiled; its kernels are recorded on the eager module it
     wraps (inductor may still swap an eager softmax-attention for a fused one), and its first warm-up call,
     which compiles, is timed as ``first_call_s`` (None without warm-up).
     """
     device = torch.device(device)
-    inputs = torch.randn(batch_size, *input_size, device=device)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {list(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and device.type != "cpu":
+        raise ValueError("clock='cpu' times the CPU's work: use it with device='cpu'")
     if amp_dtype not in AMP_DTYPES:
         raise ValueError(f"amp_dtype must be one of {list(AMP_DTYPES)}, got {amp_dtype!r}")
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    inputs = torch.randn(batch_size, *input_size, device=device)
     autocast = torch.autocast(device.type, dtype=AMP_DTYPES[amp_dtype], enabled=amp_dtype is not None)
     kernels, rates, first_call = {}, {name: [] for name in models}, {}
-    for name, model in models.items():
-        model.eval()
-        with autocast:
-            kernels[name], _ = record_kernels(eager_module(model), inputs)
-            # A compiled model compiles on its first call, which must not be a timed one.
-            calls = warmup if model is eager_module(model) else max(warmup, 1)
-            start = time.perf_counter()
-            for _ in range(calls):
-                model(inputs)
-                if name not in first_call:
-                    _synchronize(device)
-                    first_call[name] = time.perf_counter() - start
-    _synchronize(device)
-    names = list(models)
-    for repeat in tqdm(range(repeats), desc=desc, disable=not progress, leave=False):
-        # Rotate who goes first, so effects of running order (caches, clocks) hit every model alike.
-        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
-            model = models[name]
+    with _threads(1 if clock == "cpu" else torch.get_num_threads()):
+        for name, model in models.items():
+            model.eval()
             with autocast:
+                kernels[name], _ = record_kernels(eager_module(model), inputs)
+                # A compiled model compiles on its first call, which must not be a timed one.
+                calls = warmup if model is eager_module(model) else max(warmup, 1)
                 start = time.perf_counter()
-                for _ in range(iters):
+                for _ in range(calls):
                     model(inputs)
-                _synchronize(device)
-            rates[name].append(batch_size * iters / (time.perf_counter() - start))
-    settings = {
-        "batch": batch_size,
-        "iters": iters,
-        "warmup": warmup,
-        "num_repeats": repeats,
-        "precision": f"amp-{amp_dtype}" if amp_dtype else "fp32",
-        "device": device_name(device),
-    }
+                    if name not in first_call:
+                        _synchronize(device)
+                        first_call[name] = time.perf_counter() - start
+        _synchronize(device)
+        names = list(models)
+        for repeat in tqdm(range(repeats), desc=desc, disable=not progress, leave=False):
+            # Rotate who goes first, so effects of running order (caches, clocks) hit every model alike.
+            for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+                model = models[name]
+                with autocast:
+                    start = now()
+                    for _ in range(iters):
+                        model(inputs)
+                    _synchronize(device)
+                rates[name].append(batch_size * iters / (now() - start))
+        settings = {
+            "batch": batch_size,
+            "iters": iters,
+            "warmup": warmup,
+            "num_repeats": repeats,
+            "precision": f"amp-{amp_dtype}" if amp_dtype else "fp32",
+            "device": device_name(device),
+            "clock": CLOCKS[clock],
+        }
+    unit = f"{unit} (CPU time)" if clock == "cpu" else unit
     return {
-        name: {"throughput": statistics.median(rates[name]), "unit": unit, "repeats": rates[name], "kernel": kernels[name],
-               "compiled": model is not eager_module(model), "first_call_s": first_call.get(name), **settings}
+        name: {"throughput": statistics.median(rates[name]), "unit": unit, "repeats": rates[name],
+               "kernel": kernels[name], "compiled": model is not eager_module(model),
+               "first_call_s": first_call.get(name), **settings}
         for name, model in models.items()
     }
 

@@ -38,6 +38,8 @@ def parser_with_common_options(doc: str, *, models: Iterable[str], repeats: int,
     parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default="outputs/bench", help="folder for the JSON record")
+    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                        help="cpu: one thread, timed by this process's CPU time (for busy shared machines)")
     parser.add_argument("--compile", action="store_true",
                         help=f"also time every variant compiled (torch.compile fullgraph, inductor) as "
                              f"<name>{COMPILED}, in the same interleaved run (the first call of each compiles: "
@@ -51,6 +53,8 @@ def parse(parser: argparse.ArgumentParser, known_models: Iterable[str]) -> tuple
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch sees no CUDA device")
+    if cuda and args.clock == "cpu":
+        parser.error("--clock cpu times the CPU: drop --device cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
     known = list(known_models)

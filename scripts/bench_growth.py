@@ -49,7 +49,7 @@ def run_size(key: str, args, cuda: bool, which: list[str]) -> dict:
                       device=args.device, amp_dtype="float16" if cuda else None,
                       warmup=args.warmup if args.warmup is not None else (10 if cuda else 1),
                       iters=args.iters if args.iters is not None else (20 if cuda else 2), repeats=args.repeats,
-                      desc=key)
+                      desc=key, clock=args.clock)
     bench_common.count(results, models, input_size)
     pairs = [("ours", "base"), ("static", "base"), ("ours", "static")]
     pairs += bench_common.compiled_pairs(pairs, results)
@@ -84,7 +84,7 @@ def plot(record: dict, path: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("tokens entering the first block")
     ax.set_ylabel("pruned speed-up over base")
-    ax.set_title(f"Cost growth, {record['device']}", fontsize=9)
+    ax.set_title(f"Cost growth, {record['device']}, {record.get('clock', 'wall clock')}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -112,14 +112,15 @@ def main() -> None:
     for key in sizes:
         print(f"== {key}")
         record["sizes"][key] = run_size(key, args, cuda, which)
-        record["device"] = next(iter(record["sizes"][key]["results"].values()))["device"]
+        first = next(iter(record["sizes"][key]["results"].values()))
+        record["device"], record["clock"] = first["device"], first["clock"]
     columns = ["ours/base", "static/base", "ours/static", "ours+c/base+c", "ours+c/static+c", "base+c/base",
                "ours+c/ours", "static+c/static", "gmacs base/ours"]
     print(f"{'size':9} {'tokens':>6} " + " ".join(f"{c:>15}" for c in columns))
     for key, size in record["sizes"].items():
         print(f"{key:9} {size['tokens']:6} " + " ".join(
             f"{size['ratios'][c]:15.3f}" if c in size["ratios"] else f"{'-':>15}" for c in columns))
-    suffix = "-compile" if args.compile else ""
+    suffix = ("-compile" if args.compile else "") + ("-cpuclock" if args.clock == "cpu" else "")
     path = bench_common.write_record(args.out, f"bench_growth-{'cuda' if cuda else 'cpu'}{suffix}", record)
     if args.plot:
         plot(json.loads(path.read_text()), args.plot)

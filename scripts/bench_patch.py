@@ -94,12 +94,14 @@ def main() -> None:
         warmup=args.warmup if args.warmup is not None else (10 if cuda else 2),
         iters=args.iters if args.iters is not None else (20 if cuda else 5),
         repeats=args.repeats,
+        clock=args.clock,
     )
     bench_common.count(results, models, input_size)
 
     first = next(iter(results.values()))
     what = f"{args.model} vision encoder, {args.frames} frames" if umt else f"{args.model} at {side} px"
-    print(f"{what} | {first['device']} | batch {batch} | {first['precision']} | median of {args.repeats}")
+    print(f"{what} | {first['device']} | batch {batch} | {first['precision']} | {first['clock']} | "
+          f"median of {args.repeats}")
     print(f"{'model':9} {unit:>9} {'GMACs':>7} {'1st call s':>10}  kernels")
     for name, r in results.items():
         print(f"{name:9} {r['throughput']:9.{3 if umt else 1}f} {r['gmacs']:7.2f} {r['first_call_s'] or 0:10.1f}  "
@@ -111,8 +113,9 @@ def main() -> None:
                                        width=16)
     shape = f"-f{args.frames}" if umt else f"-{side}px" if args.img_size else ""
     compiled = "-compile" if args.compile else ""
+    clock = "-cpuclock" if args.clock == "cpu" else ""
     bench_common.write_record(
-        args.out, f"bench_patch-{args.model}{shape}-{'cuda' if cuda else 'cpu'}-b{batch}{compiled}",
+        args.out, f"bench_patch-{args.model}{shape}-{'cuda' if cuda else 'cpu'}-b{batch}{compiled}{clock}",
         {"model": args.model, "input_size": list(input_size), "results": results, "ratios": ratios,
          "paired_ratios": bench_common.paired_ratios(results, pairs)})
 
