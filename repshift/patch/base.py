@@ -21,7 +21,7 @@ stream it hands over, and every per-token record, with the same indices.
 Static by construction: every count (protected tokens, tokens dropped or merged at a unit) follows
 from the schedule and the input's shape as Python ints, and no forward reads a tensor's value into
 Python, so a patched model is one graph for ``torch.compile(fullgraph=True)`` and ``torch.export``
-(docs/architecture.md, "Compile and export").
+(docs/export.md).
 """
 from __future__ import annotations
 
