@@ -38,7 +38,7 @@ def assert_same_forward(model, compiled, inputs, exact=True):
         if exact:
             assert torch.equal(g, w)
         else:
-            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)  # fused kernels sum in another order
     assert tokens == model.repshift.tokens
     assert book.keys() == model.repshift.book.keys()
     for name, record in book.items():
