@@ -32,7 +32,7 @@ endif
 report = $(if $(filter 1,$(DETACH)),@echo "queued: follow with 'make status EXP=$(1)$(if $(filter 1,$(SMOKE)), SMOKE=1)'; \
 	when every run is done: $(PY) -m repshift.report table $(1) --results $(OUTPUTS)",$(PY) -m repshift.report table $(1) --results $(OUTPUTS))
 
-.PHONY: help install test test-slow test-cluster status bench demo data-shapebench clean \
+.PHONY: help install test test-slow test-gpu test-cluster status bench demo data-shapebench clean \
 	reproduce-table1 reproduce-table5 reproduce-table8 reproduce-fig3 reproduce-fig5 reproduce-readings
 
 help:  ## list targets
@@ -51,6 +51,9 @@ test: install  ## run the test suite (CPU, ~10 min on 2 cores)
 
 test-slow: install  ## run the slow end-to-end tests kept out of `make test`
 	$(PY) -m pytest -m slow
+
+test-gpu: install  ## GPU tier: kernels that ran, fp16, CUDA graphs, flash-attn / mamba_ssm where installed (skips without CUDA)
+	$(PY) -m pytest -m gpu tests/gpu
 
 test-cluster: install  ## SLURM tests on a one-node cluster started here (needs root + apt; says why and skips otherwise)
 	@session=$$(mktemp); scripts/slurm/cluster.sh up --session $$session; rc=$$?; \

@@ -5,6 +5,10 @@ Throughput follows the paper's protocol: random input already on the device (no 
 synchronisation; the figure reported is the median samples/s over repeats, in the model's own
 unit (``img/s`` for images, ``vid/s`` for videos).
 
+``compile=True`` (Hydra: ``bench.compile=true``) times :func:`compiled` models instead:
+``torch.compile(model, fullgraph=True)`` with inductor, so a patched model runs as one graph; the first
+warm-up call compiles (its seconds are recorded as ``first_call_s``) and the record says ``compiled``.
+
 GMACs follow the paper's "GFLOPs": multiply-accumulates (FLOPs / 2) of one sample, attention
 matmuls included, counted by ``torch.utils.flop_counter`` on the model as it actually runs, so
 pruned token counts are what is counted. The counted forward runs attention through SDPA's math
@@ -14,11 +18,12 @@ kernel), so counting them would make the figure depend on which kernel ran.
 
 Operators the counter cannot see are counted explicitly: the selective scans of a Mamba host
 (element-wise work on the PyTorch path, an opaque kernel on CUDA) add
-:func:`repshift.ops.scan_macs` = ``batch · length · d_inner · (4·d_state + 3)`` per scan and
-direction, as tallied by :func:`repshift.ops.tally_macs` during the counted forward. A model with
-a ``scan_backend`` attribute is counted on its PyTorch path (``"torch"``), whose causal
-convolutions the counter sees as ``conv1d`` (a CUDA kernel's would be invisible to it), so the
-figure is the same on every device. For models without scans the tally is 0 and nothing changes.
+:func:`repshift.ops.scan_macs` = ``batch · length · d_inner · (6·d_state + 5) / 2`` per scan and
+direction (derived from the scan's operations: docs/vim.md), as tallied by
+:func:`repshift.ops.tally_macs` during the counted forward. A model with a ``scan_backend``
+attribute is counted on its PyTorch path (``"torch"``), whose causal convolutions the counter sees
+as ``conv1d`` (a CUDA kernel's would be invisible to it), so the figure is the same on every device.
+For models without scans the tally is 0 and nothing changes.
 """
 from __future__ import annotations
 
@@ -38,6 +43,21 @@ from repshift.patch import is_patched
 from repshift.provenance import device_name
 
 AMP_DTYPES = {None: None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: How :func:`compare` times: the wall clock, or (CPU only) the process's CPU time on one thread.
+CLOCKS = {"wall": "wall clock", "cpu": "process CPU time, 1 thread"}
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model, fullgraph=True)``: the whole forward as one inductor graph (a graph break raises).
+
+    The compiled module shares the model's parameters and, for a patched model, its ``PruneState``.
+    """
+    return torch.compile(model, fullgraph=True)
+
+
+def eager_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a :func:`compiled` model wraps (the model itself when it is not compiled)."""
+    return getattr(model, "_orig_mod", model)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -92,6 +112,17 @@ def count_gmacs(model, input_size=(3, 224, 224), device=None) -> float:
     return (counter.get_total_flops() / 2 + explicit.scan) / 1e9
 
 
+@contextlib.contextmanager
+def _threads(count: int):
+    """torch's CPU threads set to ``count`` inside the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.inference_mode()
 def compare(
     models: dict,
@@ -106,53 +137,74 @@ def compare(
     repeats: int = 5,
     progress: bool = True,
     desc: str = "benchmark",
+    clock: str = "wall",
 ) -> dict:
     """Median samples/s (``unit``) of each model on the same random input ``[batch_size, *input_size]``.
 
     The models take turns within every repeat, in a rotating order, so drift in machine load and
-    the cost of going first or last hit them alike.
+    the cost of going first or last hit them alike. ``clock="cpu"`` (CPU only) runs one thread and
+    times the process's CPU time instead of the wall clock: on a machine shared with other jobs,
+    their load then barely moves the figure (the unit says ``(CPU time)``).
     Returns, per model name, the median, every repeat, the attention kernels that ran and the
-    settings.
+    settings. A :func:`compiled` model is timed as compiled; its kernels are recorded on the eager module it
+    wraps (inductor may still swap an eager softmax-attention for a fused one), and its first warm-up call,
+    which compiles, is timed as ``first_call_s`` (None without warm-up).
     """
     device = torch.device(device)
-    inputs = torch.randn(batch_size, *input_size, device=device)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {list(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and device.type != "cpu":
+        raise ValueError("clock='cpu' times the CPU's work: use it with device='cpu'")
     if amp_dtype not in AMP_DTYPES:
         raise ValueError(f"amp_dtype must be one of {list(AMP_DTYPES)}, got {amp_dtype!r}")
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    inputs = torch.randn(batch_size, *input_size, device=device)
     autocast = torch.autocast(device.type, dtype=AMP_DTYPES[amp_dtype], enabled=amp_dtype is not None)
-    kernels, rates = {}, {name: [] for name in models}
-    for name, model in models.items():
-        model.eval()
-        with autocast:
-            kernels[name], _ = record_kernels(model, inputs)
-            for _ in range(warmup):
-                model(inputs)
-    _synchronize(device)
-    names = list(models)
-    for repeat in tqdm(range(repeats), desc=desc, disable=not progress, leave=False):
-        # Rotate who goes first, so effects of running order (caches, clocks) hit every model alike.
-        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
-            model = models[name]
+    kernels, rates, first_call = {}, {name: [] for name in models}, {}
+    with _threads(1 if clock == "cpu" else torch.get_num_threads()):
+        for name, model in models.items():
+            model.eval()
             with autocast:
+                kernels[name], _ = record_kernels(eager_module(model), inputs)
+                # A compiled model compiles on its first call, which must not be a timed one.
+                calls = warmup if model is eager_module(model) else max(warmup, 1)
                 start = time.perf_counter()
-                for _ in range(iters):
+                for _ in range(calls):
                     model(inputs)
-                _synchronize(device)
-            rates[name].append(batch_size * iters / (time.perf_counter() - start))
-    settings = {
-        "batch": batch_size,
-        "iters": iters,
-        "warmup": warmup,
-        "num_repeats": repeats,
-        "precision": f"amp-{amp_dtype}" if amp_dtype else "fp32",
-        "device": device_name(device),
-    }
+                    if name not in first_call:
+                        _synchronize(device)
+                        first_call[name] = time.perf_counter() - start
+        _synchronize(device)
+        names = list(models)
+        for repeat in tqdm(range(repeats), desc=desc, disable=not progress, leave=False):
+            # Rotate who goes first, so effects of running order (caches, clocks) hit every model alike.
+            for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+                model = models[name]
+                with autocast:
+                    start = now()
+                    for _ in range(iters):
+                        model(inputs)
+                    _synchronize(device)
+                rates[name].append(batch_size * iters / (now() - start))
+        settings = {
+            "batch": batch_size,
+            "iters": iters,
+            "warmup": warmup,
+            "num_repeats": repeats,
+            "precision": f"amp-{amp_dtype}" if amp_dtype else "fp32",
+            "device": device_name(device),
+            "clock": CLOCKS[clock],
+        }
+    unit = f"{unit} (CPU time)" if clock == "cpu" else unit
     return {
-        name: {"throughput": statistics.median(rates[name]), "unit": unit, "repeats": rates[name], "kernel": kernels[name],
-               **settings}
-        for name in models
+        name: {"throughput": statistics.median(rates[name]), "unit": unit, "repeats": rates[name],
+               "kernel": kernels[name], "compiled": model is not eager_module(model),
+               "first_call_s": first_call.get(name), **settings}
+        for name, model in models.items()
     }
 
 
-def throughput(model, **settings) -> dict:
-    """``compare`` for a single model: its median throughput, kernels and settings."""
-    return compare({"model": model}, **settings)["model"]
+def throughput(model, *, compile: bool = False, **settings) -> dict:
+    """``compare`` for a single model (``compile``: timed as :func:`compiled`): its median throughput, kernels
+    and settings."""
+    return compare({"model": compiled(model) if compile else model}, **settings)["model"]

@@ -160,6 +160,8 @@ class Bench(_Section):
     device: str
     part: Optional[str] = None  # what was timed: the whole model or the vision encoder
     compiled: StrictBool = False  # torch.compile before timing
+    first_call_s: Optional[float] = None  # the untimed first call (it compiles a compiled model)
+    clock: Optional[str] = None  # wall clock, or process CPU time on one thread
 
 
 class Train(_Section):

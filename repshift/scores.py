@@ -7,6 +7,8 @@ token; higher means more important. Nothing here knows about models.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -56,14 +58,36 @@ def mean_attention(attn: Tensor) -> Tensor:
     return attn.float().mean(dim=(1, 2))
 
 
+#: Numbers in the one draw made per (seed, layer) for the random control: a unit with ``n`` tokens reads the first
+#: ``n``, which are what a draw of ``n`` numbers gives (a CPU generator fills a tensor in order).
+RANDOM_DRAW_LENGTH = 2**16
+
+
+@functools.cache
+def random_draw(seed: int, layer: int) -> Tensor:
+    """The random control's uniform numbers for ``(seed, layer)``, drawn once on the CPU.
+
+    ``repshift.patch`` draws them when it patches, outside any forward, so a compiled or exported forward
+    holds them as a constant of its graph (a generator cannot live inside one).
+    """
+    return torch.rand(RANDOM_DRAW_LENGTH, generator=torch.Generator().manual_seed(seed * 1_000_003 + layer))
+
+
 def random_scores(batch: int, tokens: int, *, seed: int, layer: int, device=None) -> Tensor:
     """Seeded uniform scores, one per token position and shared by every sample.
 
     Sharing the draw across the batch keeps a sample's result independent of what else is in
     its batch, so the random control is reproducible whatever the batch size or data order.
     """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + layer)
-    return torch.rand(tokens, generator=generator).to(device).expand(batch, tokens)
+    if tokens > RANDOM_DRAW_LENGTH:
+        raise ValueError(f"the random control scores at most {RANDOM_DRAW_LENGTH} tokens per unit, got {tokens}")
+    return _first_numbers(seed, layer, tokens).to(device).expand(batch, tokens)
+
+
+@torch.compiler.assume_constant_result
+def _first_numbers(seed: int, layer: int, tokens: int) -> Tensor:
+    """``random_draw(seed, layer)[:tokens]``; ``torch.compile`` runs it while tracing and keeps the result."""
+    return random_draw(seed, layer)[:tokens]
 
 
 def top_vim(backward_output: Tensor) -> Tensor:

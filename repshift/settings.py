@@ -77,6 +77,7 @@ class BenchDevice(_Closed):
 class Bench(BenchDevice):
     amp_dtype: Optional[Literal[tuple(k for k in AMP_DTYPES if k)]]  # type: ignore[misc]
     cpu: BenchDevice
+    compile: StrictBool = False  # torch.compile(model, fullgraph=True) before timing
 
 
 class Compress(_Closed):

@@ -229,7 +229,8 @@ def bench_part(model) -> tuple[torch.nn.Module, str]:
 
 
 def run_bench(model, cfg: DictConfig, device: torch.device) -> tuple[dict, float]:
-    """``(throughput record, GMACs of one sample)``; CPU runs use fp32 and the ``bench.cpu`` settings.
+    """``(throughput record, GMACs of one sample)``; CPU runs use fp32 and the ``bench.cpu`` settings;
+    ``bench.compile=true`` times the model compiled (``repshift.bench.compiled``).
 
     The record's ``part`` says what was timed and counted (:func:`bench_part`).
     """
@@ -247,6 +248,7 @@ def run_bench(model, cfg: DictConfig, device: torch.device) -> tuple[dict, float
         iters=settings.iters,
         repeats=settings.repeats,
         progress=cfg.progress,
+        compile=cfg.bench.get("compile", False),
     )
     record["part"] = part
     gmacs = bench.count_gmacs(model, input_size)

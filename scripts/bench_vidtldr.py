@@ -13,7 +13,7 @@ Models, timed in turns within every repeat (repshift.bench.compare), on the same
   ours-flash   as ours-exact without the size bias: FlashAttention kept
   prune-ours   Table 2's pruning: L2 shift across the MLP, 20 % after blocks 0, 1, 2, sdpa
 Merging schedules: vid-TLDR's published ones (repshift/configs/compress/vid_tldr.yaml), global mean pooling.
-Random weights (throughput does not depend on them). --width shrinks the encoder's width (and heads) for a
+Random weights (throughput does not depend on them). --compile adds each compiled (<name>+c) to the same run. --width shrinks the encoder's width (and heads) for a
 quick run at the real token counts; the printed GMACs are then of that narrow encoder.
 """
 from __future__ import annotations
@@ -68,11 +68,12 @@ def main() -> None:
     args, cuda, which = bench_common.parse(parser, VARIANTS)
     batch = args.batch or (20 if cuda else 1)
     input_size = (args.frames, 3, 224, 224)
-    models = build(args.size, args.frames, args.width, which, args.dataset, args.device)
+    models = bench_common.with_compiled(build(args.size, args.frames, args.width, which, args.dataset, args.device),
+                                        args.compile)
     results = compare(
         models, batch_size=batch, input_size=input_size, unit="vid/s", device=args.device,
         amp_dtype="float16" if cuda else None, warmup=args.warmup if args.warmup is not None else (10 if cuda else 1),
-        iters=args.iters if args.iters is not None else (20 if cuda else 1), repeats=args.repeats,
+        iters=args.iters if args.iters is not None else (20 if cuda else 1), repeats=args.repeats, clock=args.clock,
     )
     bench_common.count(results, models, input_size, gmacs=not args.no_gmacs)
 
@@ -90,6 +91,7 @@ def main() -> None:
               f"{','.join(r['kernel'])}")
     pairs = [("ours-exact", "vid-tldr"), ("ours-flash", "vid-tldr"), ("ours-flash", "ours-exact"),
              ("vid-tldr", "prune-ours")]
+    pairs += bench_common.compiled_pairs(pairs, results)
     ratios = bench_common.print_ratios(results, pairs, width=22)
     device = "cuda" if cuda else "cpu"
     bench_common.write_record(

@@ -9,7 +9,8 @@ Models (ViM's Table 7 schedule, repshift/configs/compress/vim.yaml: after layers
   ours     repshift.patch(metric=l2, site=mixer): representation shift across the mixer, then prune
   top-vim  repshift.patch(metric=top_vim): ToP-ViM's score (channel sum of the backward-scan output)
   static   the same token counts with no score (the first tokens kept): the ceiling for pruning's speed-up
-The models take turns in every repeat (repshift.bench.compare), so machine load hits them alike.
+The models take turns in every repeat (repshift.bench.compare), so machine load hits them alike;
+--compile adds each compiled (<name>+c) to the same run.
 GMACs include the selective scans (repshift.bench.count_gmacs). Random weights: speed does not depend on them.
 """
 from __future__ import annotations
@@ -63,13 +64,14 @@ def main() -> None:
     scan_backend = args.scan_backend or ("auto" if cuda else "torch")
     input_size = (3, 224, 224)
 
-    models = build(args.model, args.device, which, scan_backend)
+    models = bench_common.with_compiled(build(args.model, args.device, which, scan_backend), args.compile)
     results = compare(
         models, batch_size=batch, input_size=input_size, device=args.device,
         amp_dtype=args.amp or ("float16" if cuda else None),
         warmup=args.warmup if args.warmup is not None else (10 if cuda else 1),
         iters=args.iters if args.iters is not None else (20 if cuda else 2),
         repeats=args.repeats,
+        clock=args.clock,
     )
     bench_common.count(results, models, input_size)
     for name in models:
@@ -78,12 +80,13 @@ def main() -> None:
     first = next(iter(results.values()))
     print(f"{args.model} | {first['device']} | scan {scan_backend} | batch {batch} | {first['precision']} | "
           f"median of {args.repeats} repeats x {first['iters']} iterations")
-    print(f"{'model':8} {'img/s':>9} {'GMACs':>7}  tokens")
+    print(f"{'model':9} {'img/s':>9} {'GMACs':>7}  tokens")
     for name, r in results.items():
         tokens = "all" if r["tokens"] is None else " -> ".join(str(n) for n in dict.fromkeys(r["tokens"]))
-        print(f"{name:8} {r['throughput']:9.2f} {r['gmacs']:7.3f}  {tokens}")
+        print(f"{name:9} {r['throughput']:9.2f} {r['gmacs']:7.3f}  {tokens}")
     pairs = [("ours", "base"), ("top-vim", "base"), ("static", "base"), ("ours", "static"), ("ours", "top-vim")]
-    ratios = bench_common.print_ratios(results, pairs, width=14)
+    pairs += bench_common.compiled_pairs(pairs, results)
+    ratios = bench_common.print_ratios(results, pairs, width=18)
     bench_common.write_record(
         args.out, f"bench_vim-{args.model}-{'cuda' if cuda else 'cpu'}-{scan_backend}-b{batch}",
         {"model": args.model, "schedule": schedule(), "input_size": list(input_size), "results": results,

@@ -183,7 +183,7 @@ class PatchedTwoStreamToy(TwoStreamToy):
         state: PruneState = self.repshift
         state.reset()
         hidden, residual, middle = self.embed_tokens(x)
-        state.begin(protected_mask(len(x), hidden.shape[1], [middle], x.device))
+        state.begin(hidden, protected=[middle])
         for index, layer in enumerate(self.layers):
             state.enter(index, hidden.shape[1])
             hidden, residual = layer(hidden, residual)

@@ -58,21 +58,29 @@ class KernelsUnavailableError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------- MACs
-def scan_macs(batch: int, length: int, dim: int, state: int, *, skip: bool = True, gate: bool = True) -> int:
-    """Multiply-accumulates of one selective scan, counted from the maths above.
+def scan_macs(batch: int, length: int, dim: int, state: int, *, skip: bool = True, gate: bool = True,
+              bias: bool = True) -> int:
+    """Multiply-accumulates of one selective scan, derived from its operations as FLOPs / 2.
 
-    Per element ``(b, t, d, n)``: ``Δ·A`` (1), ``(Δu)·B`` (1), the recurrence ``exp(ΔA)·h + ΔuB``
-    (1) and the read-out ``C·h`` accumulated over ``n`` (1): **4**. Per ``(b, t, d)``: ``Δ·u`` (1),
-    the skip ``D·u`` (1, when ``skip``), the gate ``·silu(z)`` (1, when ``gate``). The exp,
-    softplus and SiLU are not counted, as FLOP counters count no activation.
+    FLOPs / 2 is the convention every other count here follows (a matmul's multiply and add make one MAC; a
+    lone multiply or add is half of one). The operations of the maths above:
 
-        MACs = batch · length · dim · (4·state + 1 + skip + gate)
+    - per element ``(b, t, d, n)``: ``Δ·A`` (1 multiply), ``(Δu)·B`` (1 multiply), the recurrence
+      ``exp(ΔA)·h + ΔuB`` (1 multiply, 1 add), the read-out ``Σ_n C·h`` (1 multiply, 1 add): **6 FLOPs**;
+    - per ``(b, t, d)``: ``delta + delta_bias`` (1 add, when ``bias``), ``Δ·u`` (1 multiply), the skip
+      ``y + D·u`` (1 multiply, 1 add, when ``skip``), the gate ``y·silu(z)`` (1 multiply, when ``gate``):
+      up to **5 FLOPs**;
+    - not counted: the exp, softplus and SiLU (no FLOP counter counts activations).
 
-    (VMamba's ``flops_selective_scan_fn`` uses ``9·B·L·D·N`` instead, which would add about
-    0.28 G to ViM-T at 224; the count above is the one whose ViM-T total matches the 1.5 G
-    reported by Vim, ToP-ViM and the paper.)
+        MACs = batch · length · dim · (6·state + 1 + bias + 2·skip + gate) / 2      (rounded down)
+
+    ViM-T (dim 384, state 16): 384 · 101 / 2 = 19,392 MACs per token and direction. fvcore, reading the
+    reference scan of Vim's code, sees its einsums only: ``Δ·A`` (0.5 per element), ``Δ·u·B`` (1: both
+    multiplies per element) and the read-out (1), i.e. 2.5·state per ``(t, d)`` = 15,360 for ViM-T, and not
+    the recurrence or the per-channel work (docs/vim.md).
     """
-    return batch * length * dim * (4 * state + 1 + int(skip) + int(gate))
+    flops = batch * length * dim * (6 * state + 1 + int(bias) + 2 * int(skip) + int(gate))
+    return flops // 2
 
 
 def causal_conv_macs(batch: int, length: int, dim: int, width: int) -> int:
@@ -172,7 +180,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     step-by-step :func:`selective_scan_reference` runs instead.
     """
     batch, dim, length = u.shape
-    _record(scan=scan_macs(batch, length, dim, A.shape[-1], skip=D is not None, gate=z is not None))
+    _record(scan=scan_macs(batch, length, dim, A.shape[-1], skip=D is not None, gate=z is not None,
+                           bias=delta_bias is not None))
     if _use_kernels(backend, u, "mamba_ssm"):
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 

@@ -17,6 +17,11 @@ describes the sequence once (:meth:`PruneState.begin`: which positions are prote
 per-token record such as the frame a token came from), computes scores with
 :func:`score_tokens` and lets :meth:`PruneState.prune` pick the kept indices and gather every
 stream it hands over, and every per-token record, with the same indices.
+
+Static by construction: every count (protected tokens, tokens dropped or merged at a unit) follows
+from the schedule and the input's shape as Python ints, and no forward reads a tensor's value into
+Python, so a patched model is one graph for ``torch.compile(fullgraph=True)`` and ``torch.export``
+(docs/export.md).
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import torch
 from torch import Tensor
 
 from repshift import scores
-from repshift.select import drop_count, gather_tokens, keep_indices
+from repshift.select import drop_count, gather_tokens, keep_indices, protected_mask
 
 Schedule = Union[None, float, int, Sequence[float], Sequence[int]]
 
@@ -83,26 +88,43 @@ class PruneState:
     proportional: bool = True
     # Filled during every forward:
     tokens: list[int] = field(default_factory=list)  # tokens entering each unit
+    num_protected: int = 0  # protected tokens per sample (a Python int: drop counts follow from shapes alone)
     book: dict[str, Tensor] = field(default_factory=dict)  # per-token records [B, N], gathered with the tokens
     size: Optional[Tensor] = None  # mode="merge": patches each token stands for [B, N] (None: all ones, no merge yet)
     # When set, every unit scores all of its tokens into ``recorded`` (analysis, not pruning).
     record: bool = False
     recorded: list[Tensor] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.metric == "random":  # drawn now, outside any forward: traced graphs hold the draws as constants
+            for layer in self.layers:
+                scores.random_draw(self.seed, layer)
+
     def reset(self) -> None:
         """Forget the previous forward (called by the adapter when a new forward starts)."""
-        self.tokens, self.book, self.recorded, self.size = [], {}, [], None
+        self.tokens, self.book, self.recorded, self.size, self.num_protected = [], {}, [], None, 0
 
-    def begin(self, protected: Tensor, **records: Tensor) -> None:
+    def begin(self, tokens: Tensor, protected: Sequence[int] = (), **records: Tensor) -> None:
         """Describe the sequence entering the first unit.
 
-        ``protected`` is a ``[B, N]`` bool mask of tokens that are never dropped; ``records`` are
-        extra per-token tensors ``[B, N]`` (e.g. ``frame``) kept in step with the tokens. The
-        original position of every token is recorded as ``position``.
+        ``tokens`` is that sequence, ``[B, N, ...]`` (only its shape and device are read);
+        ``protected`` are the positions of tokens that are never dropped (class, distillation, register
+        tokens, a middle class token), as Python ints fixed by the model, the same in every sample;
+        ``records`` are extra per-token tensors ``[B, N]`` (e.g. ``frame``) kept in step with the tokens.
+        The book also records the ``protected`` mask and the original ``position`` of every token.
+
+        Older adapters pass a ``[B, N]`` bool mask as the only argument (``begin(protected_mask(...))``);
+        that still works, but its count is read from the tensor, which costs ``torch.compile`` a graph
+        break and cannot be exported: pass the positions instead.
         """
-        batch, tokens = protected.shape
-        position = torch.arange(tokens, device=protected.device).expand(batch, tokens)
-        self.book = {"protected": protected, "position": position, **records}
+        if tokens.dtype == torch.bool and tokens.dim() == 2 and not protected:
+            mask, self.num_protected = tokens, int(tokens[0].sum())  # the legacy mask form (see above)
+        else:
+            mask = protected_mask(tokens.shape[0], tokens.shape[1], protected, tokens.device)
+            self.num_protected = len(set(protected))
+        batch, length = mask.shape
+        position = torch.arange(length, device=mask.device).expand(batch, length)
+        self.book = {"protected": mask, "position": position, **records}
 
     def enter(self, layer: int, tokens: int) -> None:
         self.tokens.append(tokens)
@@ -134,8 +156,7 @@ class PruneState:
         if step is None:
             return streams
         protected = self.book["protected"]
-        droppable = protected.shape[1] - int(protected[0].sum())
-        num_drop = drop_count(droppable, *step)
+        num_drop = drop_count(protected.shape[1] - self.num_protected, *step)
         if num_drop == 0:
             return streams
         index = keep_indices(token_scores, num_drop, protected, self.keep)

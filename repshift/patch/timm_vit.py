@@ -26,7 +26,6 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from repshift import attention as kernels
 from repshift.patch.base import Adapter, PruneState, patched_class, prenorm_block, register_adapter
-from repshift.select import protected_mask
 
 
 class RepShiftAttention(Attention):
@@ -68,7 +67,7 @@ class RepShiftBlock(Block):
         state: PruneState = self.repshift_state
         layer = self.repshift_layer
         if not state.book:  # the first block describes the sequence
-            state.begin(protected_mask(x.shape[0], x.shape[1], range(self.repshift_num_prefix), x.device))
+            state.begin(x, protected=range(self.repshift_num_prefix))
         return prenorm_block(state, layer, x, norm1=self.norm1, attn=self.attn, norm2=self.norm2, mlp=self.mlp,
                              ls1=self.ls1, ls2=self.ls2, drop1=self.drop_path1, drop2=self.drop_path2)
 

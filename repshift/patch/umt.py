@@ -49,7 +49,6 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from repshift import attention as kernels
@@ -149,7 +148,7 @@ class RepShiftUMTEncoder:
         state: PruneState = self.repshift_state
         state.reset()
         # No class token: nothing is protected; the frame of every token travels with it.
-        state.begin(torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device), frame=frame_ids)
+        state.begin(x, frame=frame_ids)
         with kernels.kernel_preference(state.attention, x.device):
             for block in self.blocks:
                 x = block(x)

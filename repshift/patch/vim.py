@@ -23,13 +23,12 @@ sample is read back from the gathered ``protected`` record, so the head reads it
 """
 from __future__ import annotations
 
-
+import torch
 from torch import Tensor
 
 from repshift import scores
 from repshift.models.vim import BiMambaMixer, VimBlock, VisionMamba
 from repshift.patch.base import Adapter, Branch, PruneState, patched_class, register_adapter, score_tokens
-from repshift.select import protected_mask
 
 
 def _scored_layer(layer: VimBlock, hidden: Tensor, residual, state: PruneState, index: int):
@@ -54,11 +53,11 @@ class RepShiftVisionMamba:
     def forward_layers(self, hidden: Tensor, cls_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         state: PruneState = self.repshift
         state.reset()
-        batch, tokens = hidden.shape[:2]
-        if not bool((cls_index == self.cls_position).all()):
+        # Checked in eager runs only: reading the tensor would cut a compiled graph, and embed() puts it there.
+        if not torch.compiler.is_compiling() and not bool((cls_index == self.cls_position).all()):
             raise ValueError(
                 f"the class token must enter the layers at index {self.cls_position}, got {cls_index.tolist()}")
-        state.begin(protected_mask(batch, tokens, [self.cls_position], hidden.device))
+        state.begin(hidden, protected=[self.cls_position])
         residual = None
         for index, layer in enumerate(self.layers):
             state.enter(index, hidden.shape[1])
