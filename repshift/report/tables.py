@@ -623,11 +623,12 @@ def write(table: str, df: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Pat
 
 
 def builders() -> dict[str, Callable[[list[RunResult]], pd.DataFrame]]:
-    """Every table builder: this module's and the video tables' (Table 2, Fig. 1, Fig. 3 for UMT),
-    which build on this module's helpers and so are looked up only when asked for."""
+    """Every table builder: this module's, the video tables' (Table 2, Fig. 1, Fig. 3 for UMT), which build on
+    this module's helpers and so are looked up only when asked for, and the merging table's (issue 23)."""
+    from repshift.report.merging_table import BUILDERS as merging_builders
     from repshift.report.video_tables import BUILDERS as video_builders
 
-    return {**BUILDERS, **video_builders}
+    return {**BUILDERS, **video_builders, **merging_builders}
 
 
 def __getattr__(name: str):
