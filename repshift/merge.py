@@ -224,8 +224,6 @@ def merge_after_prefix(
     size = x.new_ones(batch, tokens, dtype=torch.float32) if size is None else size.float()
     match = bipartite_match(metric[:, prefix:], count)
     merged, merged_size = merge_tokens(body, match, size[:, prefix:], saliency)
-    positions = torch.cat(
-        (torch.arange(prefix, device=x.device).expand(batch, prefix), prefix + surviving_positions(match, tokens - prefix)),
-        dim=1,
-    )
+    kept_prefix = torch.arange(prefix, device=x.device).expand(batch, prefix)
+    positions = torch.cat((kept_prefix, surviving_positions(match, tokens - prefix) + prefix), dim=1)
     return torch.cat((head, merged), dim=1), torch.cat((size[:, :prefix], merged_size), dim=1), positions

@@ -102,7 +102,8 @@ def run(overrides: list[str]) -> list[RunRecord]:
     budget_model, _ = build(reference, device)
     budget = bench.count_gmacs(budget_model, tuple(reference.model.input_size), device)
     del budget_model
-    r = match_r(next(c for c in cfgs.values() if is_merge(c)), budget, device) if any(map(is_merge, cfgs.values())) else None
+    merging = [cfg for cfg in cfgs.values() if is_merge(cfg)]
+    r = match_r(merging[0], budget, device) if merging else None
 
     models, measured = {}, {}
     for name, cfg in cfgs.items():

@@ -18,9 +18,9 @@ def _record(method, label, gmacs, throughput, top1, compress=None, metric="l2", 
     return make_record(experiment="merging", run_name=f"model=deit_s,method={method}",
                        method={"name": method, "label": label}, metric=metric, site=site, compress=compress,
                        gmacs=gmacs, tokens=list(tokens), config=MATCH,
-                       bench={"throughput": throughput, "unit": "img/s", "repeats": [throughput], "kernel": ["sdpa:flash"],
-                              "batch": 16, "iters": 20, "warmup": 2, "num_repeats": 5, "precision": "fp32",
-                              "device": "CPU"},
+                       bench={"throughput": throughput, "unit": "img/s", "repeats": [throughput],
+                              "kernel": ["sdpa:flash"], "batch": 16, "iters": 20, "warmup": 2, "num_repeats": 5,
+                              "precision": "fp32", "device": "CPU"},
                        metrics={"top1": top1, "top5": 95.0, "n": 50000, "skipped": 0}, **fields)
 
 
@@ -42,13 +42,13 @@ def test_rows_columns_and_the_budget_share():
     assert df.loc["Ours", "% of budget"] == pytest.approx(100.0)
     assert df.loc["ToMe", "% of budget"] == pytest.approx(2.70 / 2.99 * 100)
     assert df.loc["ToMe", "× Base"] == pytest.approx(1.55)
-    assert df.loc["Base", "spends budget by"] == "—" and df.loc["Base", "tokens into last block"] == "all"
+    assert df.loc["Base", "spends budget by"] == "—" and df.loc["Base", "tokens"] == "all"
     assert df.loc["ToMe", "spends budget by"] == "merge (ToMe)" and df.loc["Ours", "spends budget by"] == "prune"
     assert df.loc["ToMe", "score"] == "none (ToMe)" and df.loc["Static (control)", "score"] == "none (keep first)"
     assert df.loc["ToMe + Ours", "score"] == "shift L2 @attn"
     assert df.loc["ToMe", "schedule"] == "r=13 x 12 blocks"
     assert df.loc["Ours", "schedule"] == "20 % @ blocks 0,3,6"
-    assert df.loc["ToMe", "tokens into last block"] == "54"
+    assert df.loc["ToMe", "tokens"] == "197→54"
     assert "smallest r whose GMACs do not exceed those of Ours" in df.attrs["notes"][0]
     assert not any("Synthetic" in note for note in df.attrs["notes"])  # real weights, ImageNet
     markdown = render("merging", df)[0]
@@ -74,7 +74,8 @@ def test_the_report_registry_builds_it_from_result_files():
 
 def test_merging_configs_compose():
     cfg = compose(["experiment=merging", "method=tome_ours"])
-    assert (cfg.metric, cfg.site, cfg.attention, cfg.compress.mode, cfg.compress.num) == ("l2", "attn", "sdpa", "merge", None)
+    assert (cfg.metric, cfg.site, cfg.attention) == ("l2", "attn", "sdpa")
+    assert (cfg.compress.mode, cfg.compress.layers, cfg.compress.num) == ("merge", None, None)
     assert cfg.merging.match_to in cfg.merging.methods and cfg.model.name == "vit_convstem_tiny"
     attn = compose(["experiment=merging", "method=tome_attn"])
     assert (attn.metric, attn.attention, attn.method.name) == ("attn", "eager", "tome+attn")

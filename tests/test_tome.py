@@ -93,9 +93,10 @@ def tome_by_hand(model, images, r, shift_saliency=False):
         merged, sizes = [], []
         for i in range(batch):
             saliency = None
-            if shift_saliency:  # representation shift of the attention branch, D(A(x), x) = |A(x) - x| (literal)
+            if shift_saliency:  # shift of the attention branch, D(A(x), x) = |A(x) - x| (literal reading)
                 saliency = merge.normalize_saliency((a - x)[i, prefix:].norm(dim=-1)[None])[0]
-            body, body_size = _bipartite_by_hand(x_mid[i, prefix:], k[i].mean(0)[prefix:], size[i, prefix:], r, saliency)
+            keys = k[i].mean(0)[prefix:]
+            body, body_size = _bipartite_by_hand(x_mid[i, prefix:], keys, size[i, prefix:], r, saliency)
             merged.append(torch.cat((x_mid[i, :prefix], body)))
             sizes.append(torch.cat((size[i, :prefix], body_size)))
         x, size = torch.stack(merged), torch.stack(sizes)
@@ -179,7 +180,7 @@ def test_token_counts_and_gmacs_by_hand():
     macs = 16 * width * 3 * 16 * 16 + width * 5  # patch embedding (16 patches) + classifier head
     for tokens, half in ((17, 8), (13, 6)):  # tokens entering the block; patch tokens in each half of the matching
         after = tokens - 4  # merged after the attention residual: the MLP runs on fewer tokens
-        macs += tokens * width * 3 * width + 2 * tokens * tokens * width + tokens * width * width  # qkv, 2 matmuls, proj
+        macs += tokens * width * 3 * width + 2 * tokens * tokens * width + tokens * width * width  # qkv, q·k, ·v, proj
         macs += half * half * head_dim  # ToMe's A x B similarity of the head-averaged keys
         macs += after * 2 * width * hidden  # MLP
     assert model.repshift.tokens == [17, 13]
@@ -214,4 +215,6 @@ def test_merging_with_a_score_the_host_cannot_give_is_refused():
         repshift.patch(model, metric="l2", r=2)
     with pytest.raises(ValueError, match="give r or num/ratio, not both"):
         repshift.patch(model, metric="none", mode="merge", r=2, num=2, layers=(0,))
+    with pytest.raises(ValueError, match="keep='bottom'"):
+        repshift.patch(model, metric="l2", mode="merge", r=2, keep="bottom")
     assert not repshift.is_patched(model) and not repshift.is_patched(without_cls)

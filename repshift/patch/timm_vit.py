@@ -135,7 +135,8 @@ class RepShiftMergeBlock(Block):
         count = merge.merge_count(x.shape[1] - prefix, *step) if step is not None else 0
         bias = merge.size_bias(state.size) if state.proportional and state.size is not None else None
         x_norm = self.norm1(x)
-        a_raw, keys, attn_map = self.attn.forward_merge(x_norm, bias, with_map=count > 0 and state.metric in _MAP_METRICS)
+        with_map = count > 0 and state.metric in _MAP_METRICS
+        a_raw, keys, attn_map = self.attn.forward_merge(x_norm, bias, with_map)
         a = self.ls1(a_raw)
         x_mid = x + self.drop_path1(a)
         attn_branch = Branch(input=x, normed=x_norm, raw=a_raw, update=a, output=x_mid)
@@ -220,6 +221,8 @@ class TimmViTAdapter(Adapter):
         if state.metric not in MERGE_SCORES:
             raise ValueError(f"merging on {self.family} models takes metric in {MERGE_SCORES}; "
                              f"metric={state.metric} is a score this host cannot give")
+        if state.keep != "top":
+            raise ValueError("keep='bottom' selects tokens to drop; merging has no such choice (use keep='top')")
         if state.metric == "attn_cls" and model.cls_token is None:
             raise ValueError("metric=attn_cls (Eq. 2) reads the class token's attention row and this ViT has no "
                              "class token: use metric=attn (Eq. 3 here) or attn_mean")

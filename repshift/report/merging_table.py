@@ -5,7 +5,8 @@ on the same ViT at matched GMACs, with the Attn, static and random controls, fro
 ``experiment=merging``, written by :mod:`repshift.merging_experiment`). One row per model and method: how the
 budget is spent (prune / merge), the score that steers it, the schedule, top-1, GMACs, GMACs as a share of the
 budget (the record of ``merging.match_to``, Ours by default, for the same model), throughput, speed-up over
-Base, the tokens entering the last block (all of them for Base) and the attention kernels that ran.
+Base, the tokens entering the first and the last block (``197→92``; Base keeps all) and the attention kernels
+that ran.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ METHOD_ORDER = ("base", "ours", "attn", "static", "random", "tome", "tome+ours",
 #: Model order; models not listed follow, by name.
 MODEL_ORDER = ("vit_shapebench", "deit_t", "deit_s", "deit_b")
 COLUMNS = ("model", "spends budget by", "score", "schedule", "Acc-1", "GMACs", "% of budget", "img/s", "× Base",
-           "tokens into last block", "attention kernel")
+           "tokens", "attention kernel")
 MATCHING_RULE = ("Matching rule: pruning keeps its schedule (the paper's DeiT schedule, 20 % of the tokens after "
                  "blocks 0, 3, 6); every merge row uses ToMe's constant r, the smallest r whose GMACs do not exceed "
                  "those of {budget} on the same model (% of budget <= 100, as close to it as a constant r gets). "
@@ -38,6 +39,12 @@ def _score(record: RunRecord) -> str:
         return "none (ToMe)" if merging else "none (keep first)"
     label = _SCORES.get(metric, metric)
     return f"{label} @{record.site}" if metric in ("l2", "l1", "cos") else label
+
+
+def _spending(record: RunRecord) -> str:
+    if record.compress is None:
+        return "—"
+    return "merge (ToMe)" if record.compress.mode == "merge" else "prune"
 
 
 def _schedule(record: RunRecord) -> str:
@@ -93,7 +100,7 @@ def merging_table(records: list[RunRecord]) -> pd.DataFrame:
             throughput = r.bench.throughput if r.bench else None
             rows.append({
                 "model": model,
-                "spends budget by": "—" if r.compress is None else ("merge (ToMe)" if r.compress.mode == "merge" else "prune"),
+                "spends budget by": _spending(r),
                 "score": _score(r),
                 "schedule": _schedule(r),
                 "Acc-1": r.metric_value("top1"),
@@ -101,7 +108,7 @@ def merging_table(records: list[RunRecord]) -> pd.DataFrame:
                 "% of budget": _ratio(r.gmacs, budget.gmacs if budget else None, 100.0),
                 "img/s": throughput,
                 "× Base": _ratio(throughput, base.bench.throughput if base and base.bench else None, 1.0),
-                "tokens into last block": str(r.tokens[-1]) if r.tokens else "all",  # text: a count, never "92.0"
+                "tokens": f"{r.tokens[0]}→{r.tokens[-1]}" if r.tokens else "all",
                 "attention kernel": ", ".join(r.bench.kernel) if r.bench else "",
             })
             index.append(r.method.label)
