@@ -22,13 +22,17 @@ The sibling of :mod:`repshift.select`: nothing here knows a model. One merge ste
 Sizes are what proportional attention reads: later blocks add ``log(size_j)`` to every query's logit for
 key ``j`` (:func:`size_bias`), so a merged token draws the attention its members would have drawn together.
 
+ToMe (Bolya et al., ICLR 2023) is the same step with ŝ = 1 on image ViTs: :func:`merge_after_prefix` keeps the
+class and other prefix tokens out of it and matches on the attention keys; :func:`merge_schedule` turns its
+``r`` schedule into per-block counts and refuses an ``r`` above half the tokens.
+
 With ŝ = 1 everywhere the sizes always sum to the number of input patches. With ŝ < 1 the sum falls by
 ``Σ (1 − ŝ_s) · size_s`` over the sources at every step: the mass of a (partly) dropped source is lost.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -59,12 +63,7 @@ def merge_count(tokens: int, ratio: Optional[float] = None, num: Optional[int] =
 
     The clamp is vid-TLDR's: bipartite matching cannot remove more tokens than one half holds.
     """
-    if (ratio is None) == (num is None):
-        raise ValueError("give exactly one of ratio or num")
-    wanted = int(ratio * tokens + 1e-9) if ratio is not None else int(num)
-    if wanted < 0:
-        raise ValueError(f"cannot merge a negative number of tokens ({wanted})")
-    return min(wanted, tokens // 2)
+    return min(requested_count(tokens, ratio, num), tokens // 2)
 
 
 def normalize_saliency(score: Tensor) -> Tensor:
@@ -164,3 +163,67 @@ def surviving_positions(match: Match, tokens: int) -> Tensor:
 def size_bias(size: Tensor) -> Tensor:
     """Proportional attention's additive logit bias per key: ``log(size)`` ``[B, N]`` (float32)."""
     return size.float().log()
+
+
+# --------------------------------------------------------------------------- ToMe (Bolya et al., ICLR 2023)
+# ToMe's step is the same bipartite soft matching and size-weighted average as above; what differs is the
+# host: image ViTs carry prefix tokens (class, distillation, registers) that are never merged, ToMe matches
+# on the head-averaged attention keys rather than on the tokens, and an ``r`` that asks for more than half
+# of the tokens is refused here (:func:`merge_schedule`) instead of being cut silently.
+
+
+def requested_count(tokens: int, ratio: Optional[float] = None, num: Optional[int] = None) -> int:
+    """Tokens a step asks to merge away, before any clamp: ``num``, or ``floor(ratio * tokens)``."""
+    if (ratio is None) == (num is None):
+        raise ValueError("give exactly one of ratio or num")
+    wanted = int(ratio * tokens + 1e-9) if ratio is not None else int(num)
+    if wanted < 0:
+        raise ValueError(f"cannot merge a negative number of tokens ({wanted})")
+    return wanted
+
+
+def merge_schedule(tokens: int, steps: Mapping[int, tuple[Optional[float], Optional[int]]]) -> dict[int, int]:
+    """Tokens merged away by each scheduled block, for ``tokens`` mergeable tokens entering the first one.
+
+    ``steps`` maps block index -> ``(ratio, num)``, in the order the blocks run. A step that asks for more
+    than half of the mergeable tokens reaching it is a ``ValueError`` naming the block: bipartite matching
+    cannot remove more than one half holds, and cutting the request silently would report a budget that was
+    not spent. Pure arithmetic on Python ints: the forward never reads a tensor to know a count.
+    """
+    counts = {}
+    for block, (ratio, num) in steps.items():
+        wanted = requested_count(tokens, ratio, num)
+        if wanted > tokens // 2:
+            raise ValueError(
+                f"block {block} asks to merge {wanted} of the {tokens} mergeable tokens that reach it; bipartite "
+                f"matching merges at most half of them ({tokens // 2}): lower r there or give one r per block"
+            )
+        counts[block] = wanted
+        tokens -= wanted
+    return counts
+
+
+def merge_after_prefix(
+    x: Tensor,
+    metric: Tensor,
+    count: int,
+    prefix: int,
+    size: Optional[Tensor] = None,
+    saliency: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One ToMe step on ``x [B, N, C]`` whose first ``prefix`` tokens are never merged: ``(x', size', positions)``.
+
+    The other ``N - prefix`` tokens are matched by :func:`bipartite_match` on ``metric [B, N, D]`` (ToMe: the
+    attention keys averaged over heads; any per-token features work) and ``count`` of them are merged by
+    :func:`merge_tokens` with ``size [B, N]`` (None: all ones) and ``saliency`` ŝ ``[B, N - prefix]`` of the
+    mergeable tokens only (None: ŝ = 1, plain ToMe). The prefix tokens come first, unchanged, with their sizes;
+    ``positions [B, N - count]`` is the input position each output token continues (:func:`surviving_positions`).
+    """
+    batch, tokens, _ = x.shape
+    head, body = x[:, :prefix], x[:, prefix:]
+    size = x.new_ones(batch, tokens, dtype=torch.float32) if size is None else size.float()
+    match = bipartite_match(metric[:, prefix:], count)
+    merged, merged_size = merge_tokens(body, match, size[:, prefix:], saliency)
+    kept_prefix = torch.arange(prefix, device=x.device).expand(batch, prefix)
+    positions = torch.cat((kept_prefix, surviving_positions(match, tokens - prefix) + prefix), dim=1)
+    return torch.cat((head, merged), dim=1), torch.cat((size[:, :prefix], merged_size), dim=1), positions

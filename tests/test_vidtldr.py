@@ -137,9 +137,9 @@ def test_merge_clamps_and_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="flash_attn"):
         repshift.patch(model, metric="l2", layers=(0,), num=4, mode="merge", attention="flash_attn")
     assert not repshift.is_patched(model)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, embed_dim=16, depth=1, num_heads=1)
-    with pytest.raises(ValueError, match="mode='merge' does not apply to timm-vit"):
-        repshift.patch(vit, metric="l2", layers=(0,), num=4, mode="merge")
+    resnet = timm.create_model("resnet18", pretrained=False, num_classes=2)  # timm ViTs merge too (test_tome.py)
+    with pytest.raises(ValueError, match="mode='merge' does not apply to timm-resnet"):
+        repshift.patch(resnet, metric="l2", layers=(0,), num=4, mode="merge")
     assert "attn_entropy" in scores.METRICS
 
 

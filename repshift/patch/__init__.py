@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -34,7 +34,8 @@ from repshift.select import KEEP, drop_count
 #: How a scheduled unit drops tokens. ``sequence``: tokens of a sequence (ViT, UMT, ViM). On a 2-D
 #: feature map (ResNet, EfficientNet, ConvNeXt): ``line`` drops whole rows and columns, ``token`` the
 #: weakest tokens of every row and then of every column; either way the map stays a dense, smaller grid.
-#: ``merge`` (UMT): vid-TLDR's token merging instead of dropping (repshift.merge, repshift.patch.umt).
+#: ``merge``: token merging instead of dropping (repshift.merge): vid-TLDR's on UMT (repshift.patch.umt), ToMe's
+#: on timm ViTs (repshift.patch.timm_vit).
 MODES = ("sequence", "line", "token", "merge")
 
 __all__ = [
@@ -52,9 +53,10 @@ def patch(
     *,
     metric: str,
     site: str = "mlp",
-    layers: Sequence[int],
+    layers: Optional[Sequence[int]] = None,
     ratio: Schedule = None,
     num: Schedule = None,
+    r: Schedule = None,
     attention: str = "sdpa",
     seed: int = 0,
     keep: str = "top",
@@ -64,9 +66,11 @@ def patch(
 ):
     """Prune tokens inside ``model`` (in place; returned for chaining). See the README for the options.
 
-    ``mode="merge"`` merges tokens as vid-TLDR does instead (UMT only; :mod:`repshift.patch.umt`): ``num`` /
-    ``ratio`` give the tokens merged away at each layer (clamped to half the tokens), and ``proportional``
-    adds ``log(size)`` of every merged token to the attention logits of the later blocks.
+    ``mode="merge"`` merges tokens instead: as vid-TLDR does on UMT (:mod:`repshift.patch.umt`; each step clamped
+    to half the tokens) or as ToMe does on timm ViTs (:mod:`repshift.patch.timm_vit`; a step above half the patch
+    tokens is refused). ``num`` / ``ratio`` give the tokens merged away at each layer; ``r`` is ToMe's name for
+    ``num``, with ``layers`` defaulting to every block (an int: the same ``r`` in every block; a list: one per
+    block). ``proportional`` adds ``log(size)`` of every merged token to the attention logits of later blocks.
     """
     if is_patched(model):
         raise RuntimeError("model is already patched; call repshift.unpatch(model) first")
@@ -85,7 +89,7 @@ def patch(
         raise ValueError(
             f"mode={mode!r} does not apply to {adapter.family} models: they prune with mode in {adapter.modes} "
             "('sequence' drops tokens of a sequence; 'line' and 'token' prune the rows and columns of a 2-D feature map; "
-            "'merge' merges tokens of a UMT video encoder)"
+            "'merge' merges tokens of a UMT video encoder or a timm ViT)"
         )
     if metric in scores.MERGE_METRICS and mode != "merge":
         raise ValueError(f"metric={metric} is vid-TLDR's merging saliency: use it with mode='merge' (UMT)")
@@ -96,6 +100,14 @@ def patch(
         )
     kernels.check_backend(attention)
     depth = adapter.depth(model)
+    if r is not None:  # ToMe's schedule: r tokens merged in every block (or in each of ``layers``)
+        if mode != "merge":
+            raise ValueError("r is ToMe's number of tokens merged per block: it applies to mode='merge'")
+        if num is not None or ratio is not None:
+            raise ValueError("give r or num/ratio, not both (r is num for merging)")
+        num, layers = r, range(depth) if layers is None else layers
+    if layers is None:
+        raise ValueError("give layers (the blocks that prune), or r with mode='merge' (every block merges)")
     layers = tuple(layers)
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < depth:
@@ -106,7 +118,7 @@ def patch(
         raise ValueError("give exactly one of ratio or num (both or neither were given)")
     order = sorted(range(len(layers)), key=layers.__getitem__)
     ratios = _as_tuple(ratio, len(layers), "ratio", float)
-    nums = _as_tuple(num, len(layers), "num", int)
+    nums = _as_tuple(num, len(layers), "num" if r is None else "r", int)
     state = PruneState(
         family=adapter.family,
         metric=adapter.resolve_metric(model, metric),
@@ -122,7 +134,8 @@ def patch(
         proportional=bool(proportional),
     )
     droppable = adapter.droppable(model)
-    # Merging clamps each step to half the tokens (vid-TLDR's rule) instead of refusing it.
+    # Merging checks its own schedule: UMT clamps each step to half the tokens (vid-TLDR's rule); the timm
+    # adapter refuses a step above half (repshift.merge.merge_schedule).
     if nums is not None and droppable is not None and mode != "merge":
         for layer in state.layers:  # drop_count raises when a step asks for more than is left
             droppable -= drop_count(droppable, *state.step(layer))
@@ -139,7 +152,7 @@ def _as_tuple(value: Schedule, count: int, name: str, kind: type):
         raise ValueError(f"{name} has {len(values)} entries but layers has {count}; give one per layer or a scalar")
     for v in values:
         if kind is int and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise ValueError(f"num must be non-negative integers, got {v!r}")
+            raise ValueError(f"{name} must be non-negative integers, got {v!r}")
         if kind is float and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
             raise ValueError(f"ratio must be in [0, 1), got {v!r}")
     return tuple(kind(v) for v in values)

@@ -1,7 +1,7 @@
 """Every paper-shaped table: the registry of :mod:`repshift.report.core` filled by the builder modules.
 
 Importing this module imports the builder modules (:mod:`repshift.report.image_tables`,
-:mod:`repshift.report.video_tables`), which register themselves; :data:`TABLES` then names every table
+:mod:`repshift.report.video_tables`, :mod:`repshift.report.merging_table`), which register themselves; :data:`TABLES` then names every table
 ``python -m repshift.report table`` knows, :func:`build` builds one from run records.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from repshift.report import image_tables, video_tables  # noqa: F401  (they register their builders)
+from repshift.report import image_tables, merging_table, video_tables  # noqa: F401  (they register their builders)
 from repshift.report.core import as_runs, builder, paper_numbers, paper_value, registry, render, render_html, write
 
 __all__ = ["TABLES", "build", "render", "render_html", "write", "paper_numbers", "paper_value"]
