@@ -35,7 +35,7 @@ from torch.utils.data import Subset
 import repshift
 from repshift.data.shapebench import ShapeBenchDataset
 from repshift.data.transforms import eval_transform
-from repshift import provenance
+import repshift.provenance as provenance
 from repshift.evaluate.saliency import mask_agreement, patch_coverage
 from repshift.maps import to_uint8_image
 from repshift.models import build_model

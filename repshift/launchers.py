@@ -43,7 +43,7 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from repshift import identity
+import repshift.identity as identity
 from repshift.record import Identity, RecordError, RunRecord
 from repshift.status import ACTIVE_STATES, read_submissions, slurm_states, write_submission
 from repshift.tasks import parse_tasks

@@ -42,7 +42,7 @@ from omegaconf import OmegaConf
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import repshift
-from repshift import scores
+import repshift.scores as scores
 from repshift.configs import load as load_config
 from repshift.report.cli import Parser, int_list, str_list
 from repshift.report.figures import figure_logger, save_figure

@@ -32,7 +32,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import repshift
-from repshift import bench, provenance, tasks
+import repshift.bench as bench
+import repshift.provenance as provenance
+import repshift.tasks as tasks
 from repshift.configs import compose
 from repshift.models import build_model
 from repshift.record import Identity, RunRecord, fingerprint, scan

@@ -42,7 +42,7 @@ from tabulate import tabulate
 from timm.data import ImageNetInfo
 
 import repshift
-from repshift import scores
+import repshift.scores as scores
 from repshift.bench import count_gmacs
 from repshift.data import real_photos
 from repshift.data.transforms import eval_geometry, eval_transform

@@ -123,7 +123,7 @@ class ModelInfo(_Section):
 
 
 class Compress(_Section):
-    layers: list[StrictInt]
+    layers: Optional[list[StrictInt]]  # null: every block (merging)
     ratio: Optional[Number] = None
     num: Union[StrictInt, list[StrictInt], None] = None
     keep: Literal["top", "bottom"] = "top"

@@ -42,7 +42,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import repshift
-from repshift import configs, distributed, identity, provenance, scores, settings, status, tasks
+import repshift.configs as configs
+import repshift.distributed as distributed
+import repshift.identity as identity
+import repshift.provenance as provenance
+import repshift.scores as scores
+import repshift.settings as settings
+import repshift.status as status
+import repshift.tasks as tasks
 from repshift.models import build_model
 from repshift.record import RESULT_NAME, Identity, RecordError, RunRecord
 from repshift.wandb_log import NullLogger
@@ -84,8 +91,11 @@ class RunFailed(CompactHydraException):
 # ------------------------------------------------------------------------------------------ methods
 
 def compresses(cfg: DictConfig) -> bool:
+    """Whether the run removes tokens: a schedule with something to drop (merging: ``layers: null`` is every
+    block, ToMe's constant ``r``)."""
     c = cfg.compress
-    return bool(c.layers) and bool(c.ratio or c.num)
+    every_block = c.layers is None and c.get("mode") == "merge"
+    return (every_block or bool(c.layers)) and bool(c.ratio or c.num)
 
 
 def run_settings(cfg: DictConfig) -> dict:
@@ -128,17 +138,18 @@ def recorded_method(cfg: DictConfig) -> dict:
             "declares": declares}
 
 
-#: Model families whose adapter merges tokens (``compress.mode=merge``, vid-TLDR).
-MERGE_FAMILIES = ("umt", "umt_qa")
+#: The model families vid-TLDR's published schedules (compress=vid_tldr) are written for.
+VID_TLDR_FAMILIES = ("umt", "umt_qa")
 
 
 def check_merge_host(cfg: DictConfig) -> None:
-    """Say plainly that merging is for UMT, before the vid-TLDR schedule lookup (by ``model.size``) fails on
-    another model with an interpolation error."""
-    if cfg.compress.get("mode") == "merge" and cfg.model.get("family") not in MERGE_FAMILIES:
+    """Say plainly that vid-TLDR's schedules are UMT's, before their lookup (by ``model.size``) fails on another
+    model with an interpolation error. (ToMe merging on a ViT is ``method=tome``: the adapter says what it serves.)"""
+    if "vid_tldr" in cfg and cfg.model.get("family") not in VID_TLDR_FAMILIES:
         raise ValueError(
-            f"compress.mode=merge (vid-TLDR token merging, method={cfg.method.name}) applies to UMT models "
-            f"(model.family in {MERGE_FAMILIES}); model={cfg.model.name} is not one: use model=umt_b or umt_l"
+            f"compress=vid_tldr (vid-TLDR's published merging schedules, method={cfg.method.name}) applies to UMT "
+            f"models (model.family in {VID_TLDR_FAMILIES}); model={cfg.model.name} is not one: use model=umt_b or "
+            "umt_l, or method=tome for ToMe merging on a ViT"
         )
 
 
@@ -165,14 +176,16 @@ def compress_model(model, cfg: DictConfig):
     if not compresses(cfg) and cfg.attention == "sdpa":
         return model
     c = cfg.compress
+    every_block = c.layers is None  # merging: ToMe's r in every block (compress.num is r)
     try:
         repshift.patch(
             model,
             metric=cfg.metric,
             site=cfg.site,
-            layers=tuple(c.layers) if compresses(cfg) else (),
+            layers=None if every_block else tuple(c.layers) if compresses(cfg) else (),
             ratio=c.ratio if c.num is None else None,
-            num=c.num,
+            num=None if every_block else c.num,
+            r=c.num if every_block else None,
             attention=cfg.attention,
             seed=cfg.seed,
             keep=c.keep,
@@ -272,10 +285,10 @@ class Run:
 
     def run(self, stack: contextlib.ExitStack) -> RunRecord:
         cfg = self.cfg
+        check_merge_host(cfg)
         config = OmegaConf.to_container(cfg, resolve=True)
         settings.validate(config)
         todo = tasks.parse_tasks(config["task"])
-        check_merge_host(cfg)
         if "train" in todo:
             tasks.check_train_output(cfg)
         method = recorded_method(cfg)  # said before any work when it is not the method asked for

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from pydantic import field_validator
 
-from repshift import scores
+import repshift.scores as scores
 from repshift.attention import BACKENDS
 from repshift.bench import AMP_DTYPES
 from repshift.data.video import READERS
@@ -81,7 +81,7 @@ class Bench(BenchDevice):
 
 
 class Compress(_Closed):
-    layers: list[NonNegative]
+    layers: Optional[list[NonNegative]]  # null: every block (merging)
     ratio: Optional[Annotated[Number, Field(ge=0, lt=1)]] = None
     num: Union[None, NonNegative, list[NonNegative]] = None
     keep: Literal[KEEP]  # type: ignore[valid-type]

@@ -30,9 +30,9 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from repshift import bench
+import repshift.bench as bench
 from repshift.data.build import build_dataset, describe_dataset
-from repshift import distributed
+import repshift.distributed as distributed
 from repshift.evaluate.classification import evaluate as evaluate_classification
 from repshift.evaluate.qa import QA_METHODS, evaluate_qa
 from repshift.evaluate.qa import format_metrics as format_qa

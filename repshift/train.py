@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from repshift import distributed
+import repshift.distributed as distributed
 from repshift.checkpoints import load_checkpoint
 from repshift.evaluate.classification import check_num_classes, collate_image_label, evaluate
 from repshift.io import atomic_open

@@ -7,11 +7,11 @@
 Models, timed in turns within every repeat (repshift.bench.compare), on the same random clips:
   base         no compression, self-attention (eager): Table 3's Base
   base-fa      no compression, fused attention (sdpa)
-  vid-tldr     vid-TLDR as published: attention-entropy saliency, eager attention, proportional attention
-  ours-exact   representation shift (L2, attention branch) as the saliency, sdpa, proportional attention kept
+  vid_tldr     vid-TLDR as published: attention-entropy saliency, eager attention, proportional attention
+  vid_tldr_ours   representation shift (L2, attention branch) as the saliency, sdpa, proportional attention kept
                (its log(size) bias makes SDPA leave FlashAttention for the memory-efficient kernel on CUDA)
-  ours-flash   as ours-exact without the size bias: FlashAttention kept
-  prune-ours   Table 2's pruning: L2 shift across the MLP, 20 % after blocks 0, 1, 2, sdpa
+  vid_tldr_ours_flash   as vid_tldr_ours without the size bias: FlashAttention kept
+  ours   Table 2's pruning: L2 shift across the MLP, 20 % after blocks 0, 1, 2, sdpa
 Merging schedules: vid-TLDR's published ones (repshift/configs/compress/vid_tldr.yaml), global mean pooling.
 Random weights (throughput does not depend on them). --compile adds each compiled (<name>+c) to the same run. --width shrinks the encoder's width (and heads) for a
 quick run at the real token counts; the printed GMACs are then of that narrow encoder.
@@ -30,10 +30,10 @@ from repshift.models import umt
 VARIANTS = {
     "base": (dict(metric="none", layers=(), ratio=0.0, attention="eager"), True),
     "base-fa": (None, True),
-    "vid-tldr": (dict(metric="attn_entropy", site="attn", attention="eager", mode="merge"), False),
-    "ours-exact": (dict(metric="l2", site="attn", attention="sdpa", mode="merge"), False),
-    "ours-flash": (dict(metric="l2", site="attn", attention="sdpa", mode="merge", proportional=False), False),
-    "prune-ours": (dict(metric="l2", site="mlp", attention="sdpa", layers=(0, 1, 2), ratio=0.2), True),
+    "vid_tldr": (dict(metric="attn_entropy", site="attn", attention="eager", mode="merge"), False),
+    "vid_tldr_ours": (dict(metric="l2", site="attn", attention="sdpa", mode="merge"), False),
+    "vid_tldr_ours_flash": (dict(metric="l2", site="attn", attention="sdpa", mode="merge", proportional=False), False),
+    "ours": (dict(metric="l2", site="mlp", attention="sdpa", layers=(0, 1, 2), ratio=0.2), True),
 }
 
 
@@ -89,8 +89,8 @@ def main() -> None:
         tokens = r["tokens"][-1] if r["tokens"] else args.frames * 196
         print(f"{name:11} {r['throughput']:8.3f} {r['throughput'] / base:6.2f} {gmacs:>8}  {tokens:>19}  "
               f"{','.join(r['kernel'])}")
-    pairs = [("ours-exact", "vid-tldr"), ("ours-flash", "vid-tldr"), ("ours-flash", "ours-exact"),
-             ("vid-tldr", "prune-ours")]
+    pairs = [("vid_tldr_ours", "vid_tldr"), ("vid_tldr_ours_flash", "vid_tldr"), ("vid_tldr_ours_flash", "vid_tldr_ours"),
+             ("vid_tldr", "ours")]
     pairs += bench_common.compiled_pairs(pairs, results)
     ratios = bench_common.print_ratios(results, pairs, width=22)
     device = "cuda" if cuda else "cpu"

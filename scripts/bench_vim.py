@@ -7,7 +7,7 @@
 Models (ViM's Table 7 schedule, repshift/configs/compress/vim.yaml: after layers 9 and 19, 197 -> 157 -> 125 tokens):
   base     the model's own forward
   ours     repshift.patch(metric=l2, site=mixer): representation shift across the mixer, then prune
-  top-vim  repshift.patch(metric=top_vim): ToP-ViM's score (channel sum of the backward-scan output)
+  top_vim  repshift.patch(metric=top_vim): ToP-ViM's score (channel sum of the backward-scan output)
   static   the same token counts with no score (the first tokens kept): the ceiling for pruning's speed-up
 The models take turns in every repeat (repshift.bench.compare), so machine load hits them alike;
 --compile adds each compiled (<name>+c) to the same run.
@@ -28,7 +28,7 @@ from repshift.models import build_model
 VARIANTS = {
     "base": None,
     "ours": dict(metric="l2", site="mixer"),
-    "top-vim": dict(metric="top_vim", site="mixer"),
+    "top_vim": dict(metric="top_vim", site="mixer"),
     "static": dict(metric="none", site="mixer"),
 }
 
@@ -84,7 +84,7 @@ def main() -> None:
     for name, r in results.items():
         tokens = "all" if r["tokens"] is None else " -> ".join(str(n) for n in dict.fromkeys(r["tokens"]))
         print(f"{name:9} {r['throughput']:9.2f} {r['gmacs']:7.3f}  {tokens}")
-    pairs = [("ours", "base"), ("top-vim", "base"), ("static", "base"), ("ours", "static"), ("ours", "top-vim")]
+    pairs = [("ours", "base"), ("top_vim", "base"), ("static", "base"), ("ours", "static"), ("ours", "top_vim")]
     pairs += bench_common.compiled_pairs(pairs, results)
     ratios = bench_common.print_ratios(results, pairs, width=18)
     bench_common.write_record(

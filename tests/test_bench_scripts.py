@@ -25,8 +25,8 @@ def run_script(script: str, tmp_path, *args: str) -> dict:
      {"ours": [197, 158, 158, 158, 127, 127, 127, 102, 102, 102, 102, 102]}),
     ("bench_resnet.py", ["--model", "resnet18", "--clock", "cpu"], {"base", "L-W", "T-W", "static"},
      {"L-W": [3136, 2304, 400, 100]}),
-    ("bench_vidtldr.py", ["--width", "64", "--frames", "2", "--models", "base,vid-tldr,ours-flash"],
-     {"base", "vid-tldr", "ours-flash"}, {"vid-tldr": [392, 196, 98, 49, 49, 49, 49, 49, 49, 49, 49, 49]}),
+    ("bench_vidtldr.py", ["--width", "64", "--frames", "2", "--models", "base,vid_tldr,vid_tldr_ours_flash"],
+     {"base", "vid_tldr", "vid_tldr_ours_flash"}, {"vid_tldr": [392, 196, 98, 49, 49, 49, 49, 49, 49, 49, 49, 49]}),
 ])
 def test_benchmark_script_times_every_variant_and_writes_its_record(tmp_path, script, args, variants, tokens):
     record = run_script(script, tmp_path, *args)

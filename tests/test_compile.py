@@ -115,17 +115,13 @@ def test_deit_s_is_one_graph():
     assert model.repshift.tokens == [197] * 1 + [158] * 3 + [127] * 3 + [102] * 5
 
 
-def test_begin_takes_protected_positions_or_the_older_mask():
+def test_begin_takes_protected_positions():
     state = PruneState(family="x", metric="l2", site="mlp", reading="literal", layers=(0,), ratio=(0.5,), num=None,
                        attention="sdpa", seed=0, keep="top")
     tokens = torch.zeros(3, 6, 4)
     state.begin(tokens, protected=[0, 4])
     assert state.num_protected == 2
     assert state.book["protected"].tolist() == [[True, False, False, False, True, False]] * 3
-    mask = state.book["protected"]
-    state.reset()
-    state.begin(mask)  # the form older adapters use: still served, counted from the tensor
-    assert state.num_protected == 2 and state.book["protected"] is mask
     (kept,) = state.prune(0, torch.arange(6.0).expand(3, 6), tokens)
     assert kept.shape == (3, 4, 4)
     assert state.book["position"].tolist() == [[0, 3, 4, 5]] * 3  # floor(0.5 * 4) = 2 dropped, 0 and 4 kept

@@ -27,7 +27,7 @@ def _records():
     prune = {"layers": [0, 3, 6], "ratio": 0.2}
     tome = {"layers": BLOCKS, "num": 13, "mode": "merge", "proportional": True}
     return [
-        _record("tome+ours", "ToMe + Ours", 2.70, 1500.0, 78.9, tome, site="attn", tokens=[197, 184, 54]),
+        _record("tome_ours", "ToMe + Ours", 2.70, 1500.0, 78.9, tome, site="attn", tokens=[197, 184, 54]),
         _record("ours", "Ours", 2.99, 1400.0, 79.0, prune, tokens=[197, 158, 102]),
         _record("base", "Base", 4.61, 1000.0, 79.8, metric="l2"),
         _record("tome", "ToMe", 2.70, 1550.0, 79.1, tome, metric="none", site="attn", tokens=[197, 184, 54]),
@@ -77,7 +77,7 @@ def test_merging_configs_compose():
     assert (cfg.compress.mode, cfg.compress.layers, cfg.compress.num) == ("merge", None, None)
     assert cfg.merging.match_to in cfg.merging.methods and cfg.model.name == "vit_convstem_tiny"
     attn = compose(["experiment=merging", "method=tome_attn"])
-    assert (attn.metric, attn.attention, attn.method.name) == ("attn", "eager", "tome+attn")
+    assert (attn.metric, attn.attention, attn.method.name) == ("attn", "eager", "tome_attn")
 
 
 @pytest.mark.slow
@@ -88,7 +88,7 @@ def test_make_reproduce_merging_smoke_prints_the_table(tmp_path):
     assert not found.problems and len(found.records) == 9
     by_method = {record.method.name: record for _, record in found.records}
     budget = by_method["ours"].gmacs
-    merged = [by_method[m] for m in ("tome", "tome+ours", "tome+attn", "tome+random")]
+    merged = [by_method[m] for m in ("tome", "tome_ours", "tome_attn", "tome_random")]
     assert all(r.gmacs <= budget and r.compress.mode == "merge" for r in merged)
     assert len({r.compress.num for r in merged}) == 1  # one r, matched once
     assert (outputs / "tables" / "merging.md").is_file()

@@ -26,7 +26,7 @@ from repshift.report.__main__ import main as report_main
 from support import make_record
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELS = {"base": "Base", "attn": "Attn", "ours": "Ours", "attn+sdpa": "Attn+SDPA", "static": "Static (control)",
+LABELS = {"base": "Base", "attn": "Attn", "ours": "Ours", "attn_sdpa": "Attn+SDPA", "static": "Static (control)",
           "random": "Random (control)"}
 
 
@@ -116,10 +116,10 @@ def test_environment_slurm_ids(monkeypatch):
     (("table2", "umt_l", "attn", "r@1", "activitynet"), 53.2),
     (("table1", "deit_s", "flash-attention", "throughput"), 3552),
     (("table1", "umt_b", "self-attention", "r@1"), 50.0),
-    (("table3", "umt_l", "vid-tldr+ours", "throughput", "didemo"), 51.5),
+    (("table3", "umt_l", "vid_tldr_ours", "throughput", "didemo"), 51.5),
     (("table4", "umt_b", "ours", "acc", "msvd-qa"), 47.0),
-    (("table6", "resnet50", "line-wise", "throughput"), 3553),
-    (("table7", "vim_t", "top-vim", "acc1"), 75.1),
+    (("table6", "resnet50", "line_wise", "throughput"), 3553),
+    (("table7", "vim_t", "top_vim", "acc1"), 75.1),
 ])
 def test_paper_numbers_spot_checks(args, expected):
     assert T.paper_value(*args) == pytest.approx(expected)
@@ -212,7 +212,7 @@ def test_the_same_run_written_twice_is_named_so(tmp_path):
 
 def test_labels_come_from_the_records():
     df = T.build("table5", [*table5_records(), record(method="static", top1=70.0),
-                            record(method="random", top1=71.0), record(method="attn+sdpa", top1=72.5),
+                            record(method="random", top1=71.0), record(method="attn_sdpa", top1=72.5),
                             record(method="mine", top1=60.0, label="My score")])
     assert cell(df, "deit_s · Acc", "Static (control) · ours") == 70.0
     assert cell(df, "deit_s · Acc", "Random (control) · ours") == 71.0

@@ -106,7 +106,7 @@ def test_the_runner_refuses_merging_a_non_umt_model_by_name():
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         deit = compose("run", overrides=["model=deit_t", "method=vid_tldr"])
         qa = compose("run", overrides=["model=umt_b_qa", "method=vid_tldr"])
-    with pytest.raises(ValueError, match="applies to UMT models.*model=deit_tiny_patch16_224"):
+    with pytest.raises(ValueError, match="applies to UMT models.*model=deit_tiny_patch16_224.*method=tome"):
         check_merge_host(deit)
     check_merge_host(qa)  # the QA model holds a UMT encoder: merging applies
 
@@ -179,14 +179,14 @@ def test_table3_puts_paper_numbers_beside_ours():
     runs = [_result("umt_b", "base", "eager", dataset="msrvtt", throughput=30.0, gmacs=303.1),
             _result("umt_b", "base", "sdpa", dataset="msrvtt", throughput=80.0, gmacs=303.1)]
     for i, dataset in enumerate(DATASETS):
-        runs += [_result("umt_b", "vid-tldr", "eager", dataset=dataset, throughput=40.0 + i, gmacs=180.0),
-                 _result("umt_b", "vid-tldr+ours", "sdpa", dataset=dataset, throughput=120.0,
+        runs += [_result("umt_b", "vid_tldr", "eager", dataset=dataset, throughput=40.0 + i, gmacs=180.0),
+                 _result("umt_b", "vid_tldr_ours", "sdpa", dataset=dataset, throughput=120.0,
                          kernel="sdpa:efficient+bias", gmacs=180.0),
-                 _result("umt_b", "vid-tldr+ours-flash", "sdpa", dataset=dataset, throughput=150.0,
+                 _result("umt_b", "vid_tldr_ours_flash", "sdpa", dataset=dataset, throughput=150.0,
                          kernel="sdpa:flash", gmacs=180.0)]
         runs += [_result("umt_b", m, a, dataset=dataset, hm=50.0 + i + j)
-                 for j, (m, a) in enumerate([("base", "sdpa"), ("vid-tldr", "eager"), ("vid-tldr+ours", "sdpa"),
-                                             ("vid-tldr+ours-flash", "sdpa")])]
+                 for j, (m, a) in enumerate([("base", "sdpa"), ("vid_tldr", "eager"), ("vid_tldr_ours", "sdpa"),
+                                             ("vid_tldr_ours_flash", "sdpa")])]
     df = build_table3(runs)
     assert len(df.index) == 4 * 7 + 2
     assert df.loc["MSRVTT · Throughput", "UMT-B Base · ours"] == 30.0  # Base is self-attention, as the paper's 32
@@ -205,7 +205,7 @@ def test_table3_puts_paper_numbers_beside_ours():
     assert df.loc["MSRVTT · Throughput", "UMT-B Base+FA · ours"] == 80.0
     assert any("+Ours: sdpa:efficient+bias" in n and "+Ours (flash): sdpa:flash" in n for n in df.attrs["notes"])
     assert not any("†" in str(i) for i in df.index)
-    synthetic = build_table3([_result("umt_b", "vid-tldr", "eager", dataset="msrvtt", hm=10.0, real=False)])
+    synthetic = build_table3([_result("umt_b", "vid_tldr", "eager", dataset="msrvtt", hm=10.0, real=False)])
     assert "MSRVTT · R@1 †" in synthetic.index
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from repshift import distributed
+import repshift.distributed as distributed
 from repshift.data.folder import SKIPPED_LABEL, CorruptImageError, ImageFolderDataset, _corrupt_message
 from repshift.data.folder import from_config
 # the generator's names, also reachable here for the callers of the former single module (reports, docs)

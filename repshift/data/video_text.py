@@ -31,7 +31,7 @@ from pathlib import Path, PureWindowsPath
 
 import torch
 
-from repshift import distributed
+import repshift.distributed as distributed
 from repshift.data.build import check_limit
 from repshift.data.video import ClipLoader, CorruptVideoError
 

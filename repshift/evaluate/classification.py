@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from repshift import distributed as D
+import repshift.distributed as D
 from repshift.data.build import location
 from repshift.data.folder import class_names
 from repshift.evaluate.errors import nothing_evaluated

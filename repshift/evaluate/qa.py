@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from repshift import distributed as D
+import repshift.distributed as D
 from repshift.evaluate.errors import nothing_evaluated
 from repshift.evaluate.retrieval import _collate_videos, _IndexedVideos
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from repshift import distributed as D
+import repshift.distributed as D
 from repshift.evaluate.errors import nothing_evaluated
 
 __all__ = [

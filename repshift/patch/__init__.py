@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from repshift import attention as kernels
-from repshift import scores
+import repshift.attention as kernels
+import repshift.scores as scores
 from repshift.patch.base import (
     ADAPTERS,
     READINGS,

@@ -32,7 +32,7 @@ from typing import ClassVar, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from repshift import scores
+import repshift.scores as scores
 from repshift.select import drop_count, gather_tokens, keep_indices, protected_mask
 
 Schedule = Union[None, float, int, Sequence[float], Sequence[int]]
@@ -112,16 +112,11 @@ class PruneState:
         tokens, a middle class token), as Python ints fixed by the model, the same in every sample;
         ``records`` are extra per-token tensors ``[B, N]`` (e.g. ``frame``) kept in step with the tokens.
         The book also records the ``protected`` mask and the original ``position`` of every token.
-
-        Older adapters pass a ``[B, N]`` bool mask as the only argument (``begin(protected_mask(...))``);
-        that still works, but its count is read from the tensor, which costs ``torch.compile`` a graph
-        break and cannot be exported: pass the positions instead.
+        The positions are Python ints, so no count is ever read from a tensor (``torch.compile`` and
+        ``torch.export`` see one static graph).
         """
-        if tokens.dtype == torch.bool and tokens.dim() == 2 and not protected:
-            mask, self.num_protected = tokens, int(tokens[0].sum())  # the legacy mask form (see above)
-        else:
-            mask = protected_mask(tokens.shape[0], tokens.shape[1], protected, tokens.device)
-            self.num_protected = len(set(protected))
+        mask = protected_mask(tokens.shape[0], tokens.shape[1], protected, tokens.device)
+        self.num_protected = len(set(protected))
         batch, length = mask.shape
         position = torch.arange(length, device=mask.device).expand(batch, length)
         self.book = {"protected": mask, "position": position, **records}

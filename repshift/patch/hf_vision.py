@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from repshift.patch.base import Adapter, PruneState, patched_class, prenorm_block, register_adapter
-from repshift.select import drop_count, protected_mask
+from repshift.select import drop_count
 
 #: transformers' attention implementation -> repshift's name of the same kernel (``model.repshift.attention``).
 IMPLEMENTATIONS = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash_attn"}
@@ -213,8 +213,7 @@ class RepShiftHFLayer:
         layout: Layout = self.repshift_layout
         if layer == 0:  # a forward of the tower starts: describe its sequence
             state.reset()
-            batch, tokens = hidden_states.shape[:2]
-            state.begin(protected_mask(batch, tokens, range(self.repshift_num_prefix), hidden_states.device))
+            state.begin(hidden_states, protected=range(self.repshift_num_prefix))
         drop = getattr(self, layout.drop) if layout.drop else _identity
         ls1, ls2 = (getattr(self, name) for name in layout.layer_scales) if layout.layer_scales else (_identity,) * 2
         return prenorm_block(state, layer, hidden_states, norm1=getattr(self, layout.norm1),

@@ -45,7 +45,7 @@ from timm.models._efficientnet_blocks import ConvBnAct, DepthwiseSeparableConv, 
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtStage
 from timm.models.efficientnet import EfficientNet
 
-from repshift import scores
+import repshift.scores as scores
 from repshift.patch.base import Adapter, Branch, PruneState, patched_class, register_adapter, score_tokens
 from repshift.select import gather_grid_lines, keep_grid_lines, keep_grid_tokens
 

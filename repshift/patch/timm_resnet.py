@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from repshift import scores
+import repshift.scores as scores
 from repshift.patch.base import Adapter, Branch, PruneState, patched_class, register_adapter, score_tokens
 from repshift.select import gather_grid_lines, keep_grid_lines, keep_grid_tokens
 

@@ -46,11 +46,12 @@ from torch import Tensor
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from repshift import attention as kernels
-from repshift import merge, scores
+import repshift.attention as kernels
+import repshift.merge as merge
+import repshift.scores as scores
 from repshift.patch.base import (Adapter, Branch, PruneState, patched_class, prenorm_block, register_adapter,
                                  score_tokens)
-from repshift.select import gather_tokens, protected_mask
+from repshift.select import gather_tokens
 
 
 class RepShiftAttention(Attention):
@@ -129,7 +130,7 @@ class RepShiftMergeBlock(Block):
         state: PruneState = self.repshift_state
         layer, prefix = self.repshift_layer, self.repshift_num_prefix
         if not state.book:  # the first block describes the sequence
-            state.begin(protected_mask(x.shape[0], x.shape[1], range(prefix), x.device))
+            state.begin(x, protected=range(prefix))
         state.enter(layer, x.shape[1])
         step = state.step(layer)
         count = merge.merge_count(x.shape[1] - prefix, *step) if step is not None else 0

@@ -51,8 +51,9 @@ from typing import Optional
 
 from torch import Tensor
 
-from repshift import attention as kernels
-from repshift import merge, scores
+import repshift.attention as kernels
+import repshift.merge as merge
+import repshift.scores as scores
 from repshift.patch.base import Adapter, Branch, PruneState, patched_class, prenorm_block, register_adapter, score_tokens
 from repshift.select import gather_tokens
 

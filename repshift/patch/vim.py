@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from repshift import scores
+import repshift.scores as scores
 from repshift.models.vim import BiMambaMixer, VimBlock, VisionMamba
 from repshift.patch.base import Adapter, Branch, PruneState, patched_class, register_adapter, score_tokens
 

@@ -18,7 +18,7 @@ from repshift.record import RunRecord
 from repshift.report.core import as_runs, register
 
 #: Method order within a model; methods not listed follow, by name.
-METHOD_ORDER = ("base", "ours", "attn", "static", "random", "tome", "tome+ours", "tome+attn", "tome+random")
+METHOD_ORDER = ("base", "ours", "attn", "static", "random", "tome", "tome_ours", "tome_attn", "tome_random")
 #: Model order; models not listed follow, by name.
 MODEL_ORDER = ("vit_shapebench", "deit_t", "deit_s", "deit_b")
 COLUMNS = ("model", "spends budget by", "score", "schedule", "Acc-1", "GMACs", "% of budget", "img/s", "× Base",

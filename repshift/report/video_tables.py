@@ -77,13 +77,13 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("ours", "Ours", "ours", "fused", ("table2", "ours"), True),
     Variant("base+fa", "Base+FA", "base", "fused", ("table1", "flash-attention"), False),
     Variant("ours-sa", "Ours (self-attn)", "ours", "eager", None, False),
-    Variant("attn+sdpa", "Attn+SDPA", "attn", "fused", None, False),
+    Variant("attn_sdpa", "Attn+SDPA", "attn", "fused", None, False),
 )
 _BY_KEY = {v.key: v for v in VARIANTS}
 
 
 def _method(r: RunRecord) -> str:
-    return "attn" if r.method.name == "attn+sdpa" else r.method.name
+    return "attn" if r.method.name == "attn_sdpa" else r.method.name
 
 
 def _kernel(r: RunRecord) -> str:
@@ -379,9 +379,9 @@ def build_fig3_umt(runs: Iterable) -> pd.DataFrame:
 #: mask) or flash (no size bias, FlashAttention kept: not a paper column).
 TABLE3_VARIANTS: tuple[Variant, ...] = (
     Variant("base", "Base", "base", "eager", ("table3", "base"), True),
-    Variant("vid-tldr", "vid-TLDR", "vid-tldr", "eager", ("table3", "vid-tldr"), True),
-    Variant("vid-tldr+ours", "+Ours", "vid-tldr+ours", "fused", ("table3", "vid-tldr+ours"), True),
-    Variant("vid-tldr+ours-flash", "+Ours (flash)", "vid-tldr+ours-flash", "fused", None, True),
+    Variant("vid_tldr", "vid-TLDR", "vid_tldr", "eager", ("table3", "vid_tldr"), True),
+    Variant("vid_tldr_ours", "+Ours", "vid_tldr_ours", "fused", ("table3", "vid_tldr_ours"), True),
+    Variant("vid_tldr_ours_flash", "+Ours (flash)", "vid_tldr_ours_flash", "fused", None, True),
     Variant("base+fa", "Base+FA", "base", "fused", None, False),
 )
 _TABLE3_BASE = TABLE3_VARIANTS[0]
