@@ -23,50 +23,32 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader, Dataset
 
-from repshift.configs import CONFIG_DIR
+import repshift.configs as configs
 from repshift.data.video import ClipLoader, CorruptVideoError, resolve_reader
 from repshift.data.video_qa import load_answer_list, load_qa_annotations
 from repshift.data.video_text import AnnotationError, build_retrieval_index, load_annotations
 
-__all__ = ["CONFIG_DIR", "SplitReport", "load_dataset_config", "check_split", "main"]
+__all__ = ["SplitReport", "load_dataset_config", "check_split", "main"]
 
 #: The evaluators whose datasets this command checks.
 VIDEO_EVALUATORS = ("retrieval", "qa")
 
 
-def load_dataset_config(overrides: list[str], config_dir: str | os.PathLike = CONFIG_DIR) -> DictConfig:
-    """``{paths, dataset}`` as a run would see them: ``repshift/configs/paths/default.yaml`` and the ``dataset=<name>``
-    file, then the ``group.key=value`` overrides (unknown keys are an error)."""
-    config_dir = Path(config_dir)
-    if not OmegaConf.has_resolver("cwd"):
-        OmegaConf.register_new_resolver("cwd", os.getcwd)
-    groups = {"paths": "default", "dataset": None}
-    values = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"expected key=value, got {item!r}")
-        if key in groups:
-            groups[key] = value
-        else:
-            values.append(item)
-    if groups["dataset"] is None:
-        names = sorted(p.stem for p in (config_dir / "dataset").glob("*.yaml"))
-        raise ValueError(f"say which dataset: dataset=<name>, one of {', '.join(names)}")
-    nodes = {}
-    for group, name in groups.items():
-        path = config_dir / group / f"{name}.yaml"
-        if not path.is_file():
-            names = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
-            raise ValueError(f"{group}={name}: no {path} (available: {', '.join(names)})")
-        nodes[group] = OmegaConf.load(path)
-    cfg = OmegaConf.create(nodes)
-    OmegaConf.set_struct(cfg, True)
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(values))
+def load_dataset_config(overrides: list[str]) -> DictConfig:
+    """``{paths, dataset}`` as a run would see them: the run config composed with ``dataset=<name>`` and the
+    ``group.key=value`` overrides (:func:`repshift.configs.compose`; an unknown key is an error)."""
+    if not any(item.partition("=")[0] == "dataset" for item in overrides):
+        raise ValueError(f"say which dataset: dataset=<name>, one of {', '.join(configs.names('dataset'))}")
+    try:
+        cfg = configs.compose(overrides)
+    except HydraException as error:
+        raise ValueError(str(error)) from None
+    return OmegaConf.create({"paths": cfg.paths, "dataset": cfg.dataset})
 
 
 @dataclass
