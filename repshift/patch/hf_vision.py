@@ -27,6 +27,18 @@ attn_implementation=...)``); ``model.repshift.attention`` records it under repsh
 model file's own ``eager_attention_forward`` (the map is materialised in those layers only, whatever the
 implementation), the other layers keep theirs, as the timm adapter's hybrid baseline does.
 
+**Merging** (``mode="merge"``): ToMe as on timm ViTs, through the same block
+(:func:`repshift.patch.base.tome_block`) and the same pure functions (:mod:`repshift.merge`): ``r`` per layer
+(ToMe's schedule; a step above half the patch tokens at ``config.image_size`` is refused), bipartite soft matching
+on the keys of the layer's own ``k_proj`` averaged over heads, class / distillation / register tokens never merged,
+sizes in ``state.size``, and with ``proportional=True`` ``log(size)`` added per key through the implementation's
+own float attention mask (``eager`` adds it to the logits, ``sdpa`` hands it to SDPA); ``flash_attention_2`` takes
+no such mask, so a model loaded with it merges only with ``proportional=False``. A score read from the map
+(``attn``, ``attn_entropy``) runs the model file's eager attention in the merging layers and reads the map before
+the ``log(size)`` bias, as the timm adapter does (that function returns only the biased map, so the bias is taken
+out again: :func:`repshift.merge.unbiased_map`). The heads read the merged tokens as they are (CLIP's and DINOv2's
+pooling, SigLIP's attention-pooling head do not weight by size).
+
 Attention masks are refused (vision towers are called without one; pruning would have to gather it), and so is
 gradient checkpointing (its backward replays layers against the pruning state the whole forward left behind).
 """
@@ -211,7 +223,7 @@ class _LayerAttention:
                                          **self.kwargs)
         if with_map and key_bias is not None:
             weights = merge.unbiased_map(weights, key_bias)
-        return out, keys, weights if with_map else None
+        return out, keys, (weights if with_map else None)
 
 
 def _identity(x: Tensor) -> Tensor:
