@@ -165,6 +165,15 @@ def size_bias(size: Tensor) -> Tensor:
     return size.float().log()
 
 
+def unbiased_map(probs: Tensor, key_bias: Tensor) -> Tensor:
+    """The softmax map before a per-key logit bias, from the map after it: ``probs [B, H, N, N]`` is
+    ``softmax(l + b)`` with ``b = key_bias [B, N]`` added for every query; ``probs_ij · exp(-b_j)``, renormalised per
+    query, is ``softmax(l)_ij`` exactly. For a host whose attention returns only the map it used (transformers' eager
+    attention): the saliency is read before proportional attention's ``log(size)``, as vid-TLDR reads it. Float32."""
+    unnormalised = probs.float() * (-key_bias.float()).exp()[:, None, None, :]
+    return unnormalised / unnormalised.sum(dim=-1, keepdim=True)
+
+
 # --------------------------------------------------------------------------- ToMe (Bolya et al., ICLR 2023)
 # ToMe's step is the same bipartite soft matching and size-weighted average as above; what differs is the
 # host: image ViTs carry prefix tokens (class, distillation, registers) that are never merged, ToMe matches

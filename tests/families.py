@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 import timm
 import torch
+from hf_towers import make as hf_tower
 from omegaconf import OmegaConf
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
@@ -65,7 +66,7 @@ class Case:
         return torch.randn(batch, *self.shape, generator=torch.Generator().manual_seed(seed))
 
 
-IMAGE, VIDEO, MAP = (3, 64, 64), (2, 3, 64, 64), (3, 64, 64)
+IMAGE, VIDEO, MAP, HF_IMAGE = (3, 64, 64), (2, 3, 64, 64), (3, 64, 64), (3, 32, 32)
 VIT_LAYERS = dict(layers=(0, 1, 2), ratio=0.25)
 CASES = {
     # timm ViT: every metric, site, reading and keep; a num schedule; register tokens without a class token.
@@ -99,11 +100,16 @@ CASES = {
                            IMAGE),
     "vim-top_vim": Case(vim, dict(metric="top_vim", site="mixer", layers=(1,), ratio=0.3), IMAGE),
     "vim-static": Case(vim, dict(metric="none", site="mixer", layers=(1,), ratio=0.3), IMAGE),
+    # Hugging Face towers: ToMe merging (r per layer, proportional attention through SDPA's mask) weighted by the shift.
+    "hf-vit-tome-l2": Case(lambda: hf_tower("ViTModel"), dict(metric="l2", site="attn", mode="merge", r=3), HF_IMAGE),
 }
 
 
 def outputs(result) -> tuple[torch.Tensor, ...]:
-    """A forward's tensors: UMT's encoder returns ``(tokens, frame embeddings)``, the others one tensor."""
+    """A forward's tensors: UMT's encoder returns ``(tokens, frame embeddings)``, a transformers model a ``ModelOutput``
+    (its tensors in order), the others one tensor."""
+    if hasattr(result, "to_tuple"):
+        return result.to_tuple()
     return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 
 

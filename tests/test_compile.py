@@ -15,7 +15,8 @@ from repshift.patch import PruneState
 
 
 #: One setting per family and mode in the default tier (dynamo traces each in 2-6 s here); the rest is slow.
-QUICK = ("vit-l2-mlp", "vit-attn_cls-eager", "umt-l2-mlp", "umt-merge-entropy", "resnet-line-mlp", "vim-l2")
+QUICK = ("vit-l2-mlp", "vit-attn_cls-eager", "umt-l2-mlp", "umt-merge-entropy", "resnet-line-mlp", "vim-l2",
+         "hf-vit-tome-l2")
 
 
 def tiered(names):

@@ -149,6 +149,52 @@ def test_several_feature_layers_are_served_when_pruning_comes_before_all_of_them
     assert torch.allclose(out.image_outputs.pooler_output[0], model.model.multi_modal_projector(both)[0], atol=1e-5)
 
 
+# --- merging (ToMe) inside the tower -------------------------------------------------------------------
+
+
+MERGE = dict(metric="none", site="attn", mode="merge", layers=(0, 1), num=(6, 4))  # 16 patches -> 10 -> 6
+
+
+@torch.no_grad()
+def test_merging_hands_the_language_model_the_merged_tokens(pixels):
+    model = tiny_llava()
+    full_ids = prompt(image_token_count(model))
+    repshift.patch(model, **MERGE)
+    assert image_token_count(model) == 1 + 6 - 1  # class token + 6 merged patches, the class token dropped
+    ids, mask = fit_image_placeholders(model, full_ids, torch.ones_like(full_ids))
+    after, out = language_model_inputs(model, input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    assert model.repshift.tokens == [17, 11, 7, 7] and after.shape[1] == 11
+    assert model.repshift.size[0, 1:].sum() == PATCHES  # the 6 tokens stand for all 16 patches
+    tower = model.model.vision_tower(pixel_values=pixels, output_hidden_states=True)
+    features = model.model.multi_modal_projector(tower.hidden_states[-2][:, 1:])
+    assert torch.allclose(after[0, 3:9], features[0], atol=1e-5)
+    generated = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=3,
+                               min_new_tokens=3, do_sample=False)
+    assert generated.shape == (1, 11 + 3) and torch.equal(generated[:, :11], ids)
+
+
+@torch.no_grad()
+def test_tomes_r_schedule_counts_the_image_tokens(pixels):
+    """``r`` per layer, the last layer (after hidden state 3, LLaVA's -2) merging nothing; SigLIP under "full"."""
+    model = repshift.patch(tiny_llava("siglip", vision_feature_select_strategy="full"), metric="l2", mode="merge",
+                           r=[4, 3, 2, 0])
+    assert image_token_count(model) == PATCHES - 9
+    _, out = language_model_inputs(model, input_ids=prompt(7), pixel_values=pixels)
+    assert out.image_outputs.pooler_output[0].shape == (7, 32) and model.repshift.tokens == [16, 12, 9, 7]
+
+
+def test_merging_what_llava_cannot_serve_is_refused():
+    model = tiny_llava()
+    with pytest.raises(ValueError, match=r"layers \[3\] merge at or after the features LLaVA hands to the language "
+                                         r"model .*merging can serve it only in layers < 3"):
+        repshift.patch(model, metric="none", mode="merge", r=2)  # r in every layer, the last one included
+    with pytest.raises(ValueError, match="block 1 asks to merge 7 of the 12"):
+        repshift.patch(model, metric="none", mode="merge", layers=(0, 1), num=(4, 7))
+    with pytest.raises(ValueError, match="after merging that is whichever patch survived first.*Merging serves 'full'"):
+        repshift.patch(tiny_llava("siglip"), **MERGE)
+    assert not repshift.is_patched(model) and type(model.model) is transformers.LlavaModel
+
+
 # --- what the pruning cannot serve --------------------------------------------------------------------
 
 

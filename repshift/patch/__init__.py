@@ -35,7 +35,7 @@ from repshift.select import KEEP, drop_count
 #: feature map (ResNet, EfficientNet, ConvNeXt): ``line`` drops whole rows and columns, ``token`` the
 #: weakest tokens of every row and then of every column; either way the map stays a dense, smaller grid.
 #: ``merge``: token merging instead of dropping (repshift.merge): vid-TLDR's on UMT (repshift.patch.umt), ToMe's
-#: on timm ViTs (repshift.patch.timm_vit).
+#: on timm ViTs and Hugging Face vision towers (repshift.patch.base.tome_block; LLaVA's tower included).
 MODES = ("sequence", "line", "token", "merge")
 
 __all__ = [
@@ -67,8 +67,8 @@ def patch(
     """Prune tokens inside ``model`` (in place; returned for chaining). See the README for the options.
 
     ``mode="merge"`` merges tokens instead: as vid-TLDR does on UMT (:mod:`repshift.patch.umt`; each step clamped
-    to half the tokens) or as ToMe does on timm ViTs (:mod:`repshift.patch.timm_vit`; a step above half the patch
-    tokens is refused). ``num`` / ``ratio`` give the tokens merged away at each layer; ``r`` is ToMe's name for
+    to half the tokens) or as ToMe does on timm ViTs and Hugging Face vision towers (:mod:`repshift.patch.timm_vit`,
+    :mod:`repshift.patch.hf_vision`; a step above half the patch tokens is refused). ``num`` / ``ratio`` give the tokens merged away at each layer; ``r`` is ToMe's name for
     ``num``, with ``layers`` defaulting to every block (an int: the same ``r`` in every block; a list: one per
     block). ``proportional`` adds ``log(size)`` of every merged token to the attention logits of later blocks.
     """
@@ -89,10 +89,10 @@ def patch(
         raise ValueError(
             f"mode={mode!r} does not apply to {adapter.family} models: they prune with mode in {adapter.modes} "
             "('sequence' drops tokens of a sequence; 'line' and 'token' prune the rows and columns of a 2-D feature map; "
-            "'merge' merges tokens of a UMT video encoder or a timm ViT)"
+            "'merge' merges tokens of a UMT video encoder, a timm ViT or a Hugging Face vision tower)"
         )
     if metric in scores.MERGE_METRICS and mode != "merge":
-        raise ValueError(f"metric={metric} is vid-TLDR's merging saliency: use it with mode='merge' (UMT)")
+        raise ValueError(f"metric={metric} is vid-TLDR's merging saliency: use it with mode='merge'")
     if mode == "merge" and proportional and attention == "flash_attn":
         raise ValueError(
             "merging with proportional attention adds log(size) per key, which attention='flash_attn' cannot: "

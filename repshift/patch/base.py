@@ -18,6 +18,10 @@ per-token record such as the frame a token came from), computes scores with
 :func:`score_tokens` and lets :meth:`PruneState.prune` pick the kept indices and gather every
 stream it hands over, and every per-token record, with the same indices.
 
+Two block shapes are shared by several families: :func:`prenorm_block` (score and prune a pre-norm
+transformer block) and :func:`tome_block` (ToMe's merging in the same block, ``mode="merge"``; timm ViTs and
+the Hugging Face vision towers), with :func:`check_merge` refusing what ToMe cannot serve.
+
 Static by construction: every count (protected tokens, tokens dropped or merged at a unit) follows
 from the schedule and the input's shape as Python ints, and no forward reads a tensor's value into
 Python, so a patched model is one graph for ``torch.compile(fullgraph=True)`` and ``torch.export``
@@ -32,6 +36,7 @@ from typing import ClassVar, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+import repshift.merge as merge
 import repshift.scores as scores
 from repshift.select import drop_count, gather_tokens, keep_indices, protected_mask
 
@@ -225,6 +230,83 @@ def prenorm_block(state: PruneState, layer: int, x: Tensor, *, norm1, attn, norm
     token_scores = score_tokens(state, layer, sites=sites, attn_map=attn_map, like=x)
     (x_out,) = state.prune(layer, token_scores, x_out)
     return x_out
+
+
+#: Scores a ToMe merge reads from the block's softmax map, which merging blocks then materialise.
+MERGE_MAP_METRICS = ("attn_cls", "attn_mean", "attn_entropy")
+#: Scores that can weight a ToMe merge (metric="none": plain ToMe).
+MERGE_SCORES = scores.SHIFT_METRICS + MERGE_MAP_METRICS + scores.CONTROL_METRICS
+
+
+def check_merge(family: str, state: PruneState, patches: int, *, class_token: bool) -> None:
+    """Refuse a ToMe merge a host cannot serve: a score outside :data:`MERGE_SCORES`, ``keep="bottom"``, ``attn_cls``
+    on a model without a class token, or a step above half of the ``patches`` mergeable tokens reaching it at the
+    model's default input size (:func:`repshift.merge.merge_schedule`)."""
+    if state.metric not in MERGE_SCORES:
+        raise ValueError(f"merging on {family} models takes metric in {MERGE_SCORES}; "
+                         f"metric={state.metric} is a score this host cannot give")
+    if state.keep != "top":
+        raise ValueError("keep='bottom' selects tokens to drop; merging has no such choice (use keep='top')")
+    if state.metric == "attn_cls" and not class_token:
+        raise ValueError("metric=attn_cls (Eq. 2) reads the class token's attention row and this model has no "
+                         "class token: use metric=attn (Eq. 3 here) or attn_mean")
+    merge.merge_schedule(patches, {layer: state.step(layer) for layer in state.layers})
+
+
+def tome_block(state: PruneState, layer: int, x: Tensor, *, prefix: int, norm1, attn, norm2, mlp,
+               ls1=_identity, ls2=_identity, drop1=_identity, drop2=_identity) -> Tensor:
+    """The block of :func:`prenorm_block` under ``mode="merge"`` (ToMe, Bolya et al. ICLR 2023): proportional attention
+    once tokens have sizes, and, when ``layer`` is scheduled, a ToMe step on the tokens after the first ``prefix``
+    (never merged), by bipartite soft matching on the block's attention keys averaged over heads.
+
+    ``attn.forward_merge(x_norm, key_bias, with_map)`` returns ``(output, keys [B, N, head_dim], map or None)``:
+    ``key_bias`` ``[B, N]`` (``log(size)``, or None) is added to every query's logit for each key, and the map, asked
+    for only when the score reads one, is the **unbiased** softmax. The merge point is ``site="attn"``: after the
+    attention residual (ToMe's place; the MLP runs on the merged tokens); ``"mlp"`` / ``"block"``: after the whole
+    block. Counts are Python ints from the schedule and ``x``'s shape.
+    """
+    state.enter(layer, x.shape[1])
+    step = state.step(layer)
+    count = merge.merge_count(x.shape[1] - prefix, *step) if step is not None else 0
+    bias = merge.size_bias(state.size) if state.proportional and state.size is not None else None
+    x_norm = norm1(x)
+    with_map = count > 0 and state.metric in MERGE_MAP_METRICS
+    a_raw, keys, attn_map = attn.forward_merge(x_norm, bias, with_map)
+    a = ls1(a_raw)
+    x_mid = x + drop1(a)
+    attn_branch = Branch(input=x, normed=x_norm, raw=a_raw, update=a, output=x_mid)
+    if count and state.site == "attn":
+        x_mid = _tome_step(state, layer, x_mid, keys, count, prefix, {"attn": attn_branch}, attn_map)
+        return x_mid + drop2(ls2(mlp(norm2(x_mid))))
+    x_mid_norm = norm2(x_mid)
+    m_raw = mlp(x_mid_norm)
+    m = ls2(m_raw)
+    x_out = x_mid + drop2(m)
+    if not count:
+        return x_out
+    sites = {"attn": attn_branch, "mlp": Branch(input=x_mid, normed=x_mid_norm, raw=m_raw, update=m, output=x_out),
+             "block": (x_out, x)}
+    return _tome_step(state, layer, x_out, keys, count, prefix, sites, attn_map)
+
+
+def _tome_step(state: PruneState, layer: int, x: Tensor, keys: Tensor, count: int, prefix: int, sites: dict,
+               attn_map: Optional[Tensor]) -> Tensor:
+    """Merge ``count`` tokens of ``x`` after its ``prefix`` away; sizes and per-token records follow the destinations."""
+    saliency = merge_saliency(state, layer, sites, attn_map, x, prefix)
+    x, state.size, positions = merge.merge_after_prefix(x, keys, count, prefix, state.size, saliency)
+    state.book = {name: gather_tokens(record, positions) for name, record in state.book.items()}
+    return x
+
+
+def merge_saliency(state: PruneState, layer: int, sites: dict, attn_map: Optional[Tensor], like: Tensor,
+                   prefix: int) -> Optional[Tensor]:
+    """ŝ ``[B, N - prefix]`` of the mergeable tokens: the state's score, normalised over them as vid-TLDR does
+    (:func:`repshift.merge.normalize_saliency`); None for ``metric="none"`` (ŝ = 1, plain ToMe)."""
+    if state.metric == "attn_entropy":
+        raw = merge.attention_entropy(attn_map)
+    else:
+        raw = score_tokens(state, layer, sites=sites, attn_map=attn_map, like=like)
+    return None if raw is None else merge.normalize_saliency(raw[:, prefix:])
 
 
 @functools.cache

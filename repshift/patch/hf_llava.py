@@ -1,4 +1,4 @@
-"""The LLaVA adapter: token pruning inside the vision tower of a transformers LLaVA model.
+"""The LLaVA adapter: token pruning (or ToMe merging) inside the vision tower of a transformers LLaVA model.
 
 ``LlavaForConditionalGeneration`` / ``LlavaModel`` run their vision tower (any tower of
 :mod:`repshift.patch.hf_vision`, in practice CLIP or SigLIP), take the tower's hidden state number
@@ -10,8 +10,13 @@ model fewer image tokens, and the prompt must carry as many placeholders as toke
 (:func:`image_token_count`, :func:`fit_image_placeholders`).
 
 The tower is patched as :mod:`repshift.patch.hf_vision` patches it (same metrics, sites, readings, kept attention
-implementation); ``model.repshift`` is its state. What the pruning can serve, checked when patching and again on
-every call (the feature layer and strategy can also be given per call):
+implementation, ToMe merging with ``mode="merge"``); ``model.repshift`` is its state. Merging is served like
+pruning: the tower hands the language model the merged tokens, :func:`image_token_count` counts what survives
+the ToMe schedule, and the rules below hold for the merging layers (the sizes of merged tokens stay inside the
+tower: the language model attends to each merged token as to one).
+
+What the pruning (or merging) can serve, checked when patching and again on every call (the feature layer and
+strategy can also be given per call):
 
 - ``vision_feature_layer`` one index ``f``: the scheduled layers must come before it (``layer < f``), so that their
   pruned output reaches hidden state ``f``; a layer at or after ``f`` would prune tokens the language model never
@@ -73,10 +78,12 @@ def check_features(tower, state: PruneState, feature_layer: Union[int, Sequence[
     several = not isinstance(feature_layer, int)
     indices = [feature_index(f, depth) for f in feature_layer] if several else [feature_index(feature_layer, depth)]
     pruning = [layer for layer in state.layers if any(state.step(layer))]
+    verb, noun = ("merge", "merging") if state.mode == "merge" else ("prune", "pruning")
     if pruning and strategy == "default" and prefix_tokens(tower) == 0:
         raise ValueError(
             f"vision_feature_select_strategy='default' drops the first token, and {type(tower).__name__} has no class "
-            "token: after pruning that is whichever patch survived first, not a fixed one. Pruning serves 'full' here"
+            f"token: after {noun} that is whichever patch survived first, not a fixed one. {noun.capitalize()} serves "
+            "'full' here"
         )
     first = min(indices)
     late = [layer for layer in pruning if layer >= first]
@@ -89,8 +96,8 @@ def check_features(tower, state: PruneState, feature_layer: Union[int, Sequence[
     else:
         where = "the language model receives the embeddings"
     raise ValueError(
-        f"layers {late} prune at or after the features LLaVA hands to the language model "
-        f"(vision_feature_layer={feature_layer}: {where}); pruning can serve it only in layers < {first}"
+        f"layers {late} {verb} at or after the features LLaVA hands to the language model "
+        f"(vision_feature_layer={feature_layer}: {where}); {noun} can serve it only in layers < {first}"
     )
 
 
@@ -142,7 +149,7 @@ class LlavaAdapter(HFVisionAdapter):
 
 def image_token_count(model) -> int:
     """Image tokens per image that reach the language model at the tower's configured image size, under the
-    model's pruning (none when unpatched): a Python int from the config and the schedule."""
+    model's pruning or merging (none when unpatched): a Python int from the config and the schedule."""
     return _image_tokens(model, getattr(model, "repshift", None))
 
 

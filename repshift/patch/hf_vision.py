@@ -27,6 +27,18 @@ attn_implementation=...)``); ``model.repshift.attention`` records it under repsh
 model file's own ``eager_attention_forward`` (the map is materialised in those layers only, whatever the
 implementation), the other layers keep theirs, as the timm adapter's hybrid baseline does.
 
+**Merging** (``mode="merge"``): ToMe as on timm ViTs, through the same block
+(:func:`repshift.patch.base.tome_block`) and the same pure functions (:mod:`repshift.merge`): ``r`` per layer
+(ToMe's schedule; a step above half the patch tokens at ``config.image_size`` is refused), bipartite soft matching
+on the keys of the layer's own ``k_proj`` averaged over heads, class / distillation / register tokens never merged,
+sizes in ``state.size``, and with ``proportional=True`` ``log(size)`` added per key through the implementation's
+own float attention mask (``eager`` adds it to the logits, ``sdpa`` hands it to SDPA); ``flash_attention_2`` takes
+no such mask, so a model loaded with it merges only with ``proportional=False``. A score read from the map
+(``attn``, ``attn_entropy``) runs the model file's eager attention in the merging layers and reads the map before
+the ``log(size)`` bias, as the timm adapter does (that function returns only the biased map, so the bias is taken
+out again: :func:`repshift.merge.unbiased_map`). The heads read the merged tokens as they are (CLIP's and DINOv2's
+pooling, SigLIP's attention-pooling head do not weight by size).
+
 Attention masks are refused (vision towers are called without one; pruning would have to gather it), and so is
 gradient checkpointing (its backward replays layers against the pruning state the whole forward left behind).
 """
@@ -40,7 +52,9 @@ from typing import NoReturn, Optional
 import torch
 from torch import Tensor
 
-from repshift.patch.base import Adapter, PruneState, patched_class, prenorm_block, register_adapter
+import repshift.merge as merge
+from repshift.patch.base import (Adapter, PruneState, check_merge, patched_class, prenorm_block, register_adapter,
+                                 tome_block)
 from repshift.select import drop_count
 
 #: transformers' attention implementation -> repshift's name of the same kernel (``model.repshift.attention``).
@@ -144,10 +158,12 @@ def patch_tokens(tower) -> int:
 
 def tokens_after(state: PruneState, patches: int, last: Optional[int] = None) -> int:
     """Droppable tokens left by ``state``'s schedule from ``patches``, counting the layers before ``last``
-    (all of them when None): a Python int from the schedule alone."""
-    for layer in state.layers:
-        if last is None or layer < last:
-            patches -= drop_count(patches, *state.step(layer))
+    (all of them when None), dropped or merged away (``mode="merge"``): a Python int from the schedule alone."""
+    steps = {layer: state.step(layer) for layer in state.layers if last is None or layer < last}
+    if state.mode == "merge":
+        return patches - sum(merge.merge_schedule(patches, steps).values())
+    for step in steps.values():
+        patches -= drop_count(patches, *step)
     return patches
 
 
@@ -163,21 +179,27 @@ def attention_interface(attention, backend: str):
 class RepShiftHFAttention:
     """Methods put in front of a layer's attention class: the implementation recorded in the state, or the
     model file's eager attention when the layer needs the map (``repshift_map=True``). Returns
-    ``(output, weights)`` as transformers' attention modules do (weights are None unless eager ran)."""
+    ``(output, weights)`` as transformers' attention modules do (weights are None unless eager ran).
+
+    Merging: ``repshift_bias`` ``[B, N]`` (``log(size)``) is added to every query's logit for each key, through the
+    implementation's own float attention mask; ``repshift_keys=True`` appends the keys of the layer's own key
+    projection averaged over heads, ``[B, N, head_dim]`` (what ToMe matches on)."""
 
     def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None, *, repshift_map: bool = False,
-                **kwargs):
+                repshift_bias: Optional[Tensor] = None, repshift_keys: bool = False, **kwargs):
         layout: Layout = self.repshift_layout
         backend = "eager" if repshift_map else self.repshift_state.attention
         shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         query, key, value = (proj(hidden_states).view(shape).transpose(1, 2)
                              for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if repshift_bias is not None:  # the layer refuses masks, so this is the only one: [B, 1, 1, N]
+            attention_mask = repshift_bias[:, None, None, :].to(query.dtype)
         out, weights = attention_interface(self, backend)(
             self, query, key, value, attention_mask, scaling=getattr(self, layout.scaling),
             dropout=getattr(self, layout.dropout) if self.training else 0.0, **kwargs,
         )
         out = getattr(self, layout.output)(out.reshape(*hidden_states.shape[:-1], -1).contiguous())
-        return out, weights
+        return (out, weights, key.mean(dim=1)) if repshift_keys else (out, weights)
 
 
 class _LayerAttention:
@@ -192,6 +214,16 @@ class _LayerAttention:
 
     def forward_with_map(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.module(x, None, repshift_map=True, **self.kwargs)
+
+    def forward_merge(self, x: Tensor, key_bias: Optional[Tensor], with_map: bool
+                      ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``(output, keys averaged over heads, unbiased softmax map or None)`` as
+        :func:`repshift.patch.base.tome_block` calls it; eager returns the biased map, whose bias is taken out."""
+        out, weights, keys = self.module(x, None, repshift_map=with_map, repshift_bias=key_bias, repshift_keys=True,
+                                         **self.kwargs)
+        if with_map and key_bias is not None:
+            weights = merge.unbiased_map(weights, key_bias)
+        return out, keys, (weights if with_map else None)
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -216,9 +248,11 @@ class RepShiftHFLayer:
             state.begin(hidden_states, protected=range(self.repshift_num_prefix))
         drop = getattr(self, layout.drop) if layout.drop else _identity
         ls1, ls2 = (getattr(self, name) for name in layout.layer_scales) if layout.layer_scales else (_identity,) * 2
-        return prenorm_block(state, layer, hidden_states, norm1=getattr(self, layout.norm1),
-                             attn=_LayerAttention(getattr(self, layout.attention), kwargs),
-                             norm2=getattr(self, layout.norm2), mlp=self.mlp, ls1=ls1, ls2=ls2, drop1=drop, drop2=drop)
+        parts = dict(norm1=getattr(self, layout.norm1), attn=_LayerAttention(getattr(self, layout.attention), kwargs),
+                     norm2=getattr(self, layout.norm2), mlp=self.mlp, ls1=ls1, ls2=ls2, drop1=drop, drop2=drop)
+        if state.mode == "merge":
+            return tome_block(state, layer, hidden_states, prefix=self.repshift_num_prefix, **parts)
+        return prenorm_block(state, layer, hidden_states, **parts)
 
 
 def check_tower(tower) -> None:
@@ -270,6 +304,14 @@ def install_tower(tower, state: PruneState) -> None:
             f"it: load the model with attn_implementation={_HF_NAMES[state.attention]!r}, or leave attention at its "
             "default"
         )
+    if state.mode == "merge":
+        check_merge(state.family, state, patch_tokens(tower), class_token=TOWERS[type(tower).__name__].prefix > 0)
+        if state.proportional and loaded == "flash_attn":
+            raise ValueError(
+                f"{type(tower).__name__} was loaded with attn_implementation='flash_attention_2', which takes no "
+                "per-key bias, and merging with proportional attention adds log(size) to every key's logits: load it "
+                "with attn_implementation='sdpa' or 'eager', or merge with proportional=False (FlashAttention kept)"
+            )
     state.attention = loaded
     num_prefix = prefix_tokens(tower)
     for index, layer in enumerate(tower_layers(tower)):
@@ -295,6 +337,7 @@ def uninstall_tower(tower) -> None:
 
 class HFVisionAdapter(Adapter):
     family = "hf-vision"
+    modes = ("sequence", "merge")
     description = ("Hugging Face transformers vision towers " + ", ".join(TOWERS) + " and the models holding one: "
                    + ", ".join(HOLDERS))
 

@@ -28,15 +28,16 @@ are never merged. The merge point is
 - ``site="mlp"`` / ``"block"``: after the whole block, where pruning drops tokens; shift ``D(M(x'), x')`` /
   ``D(x̂, x)``.
 
-Destinations become size-weighted averages; token sizes live in ``state.size`` and, with
-``proportional=True``, every later block adds ``log(size)`` per key to its attention logits (SDPA's float
-mask; ``attention="flash_attn"`` refuses the bias). ``metric="none"`` is plain ToMe. Any other score weights
-the merges as vid-TLDR's saliency does for UMT (:func:`merge_saliency`; docs/merging.md says why):
-representation shift (``l2``/``l1``/``cos``), ``attn`` (Eq. 2, or Eq. 3 without a class token; the map is
-materialised in merging blocks only), ``attn_entropy`` (vid-TLDR's own) and ``random`` (the control). A
-schedule that asks a block for more than half of the patch tokens reaching it, at the model's default input
-size, is refused when patching (:func:`repshift.merge.merge_schedule`); for another input size the step is
-clamped at half, as ToMe does.
+The block itself is :func:`repshift.patch.base.tome_block`, shared with the Hugging Face vision towers
+(:mod:`repshift.patch.hf_vision`). Destinations become size-weighted averages; token sizes live in ``state.size``
+and, with ``proportional=True``, every later block adds ``log(size)`` per key to its attention logits (SDPA's
+float mask; ``attention="flash_attn"`` refuses the bias). ``metric="none"`` is plain ToMe. Any other score weights
+the merges as vid-TLDR's saliency does for UMT (:func:`repshift.patch.base.merge_saliency`; docs/merging.md says
+why): representation shift (``l2``/``l1``/``cos``), ``attn`` (Eq. 2, or Eq. 3 without a class token; the map is
+materialised in merging blocks only), ``attn_entropy`` (vid-TLDR's own) and ``random`` (the control). A schedule
+that asks a block for more than half of the patch tokens reaching it, at the model's default input size, is
+refused when patching (:func:`repshift.merge.merge_schedule`); for another input size the step is clamped at half,
+as ToMe does.
 """
 from __future__ import annotations
 
@@ -47,11 +48,7 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 import repshift.attention as kernels
-import repshift.merge as merge
-import repshift.scores as scores
-from repshift.patch.base import (Adapter, Branch, PruneState, patched_class, prenorm_block, register_adapter,
-                                 score_tokens)
-from repshift.select import gather_tokens
+from repshift.patch.base import Adapter, PruneState, check_merge, patched_class, prenorm_block, register_adapter, tome_block
 
 
 class RepShiftAttention(Attention):
@@ -115,64 +112,17 @@ class RepShiftMergeAttention(RepShiftAttention):
         return self._output(x, out), k.mean(dim=1), probs
 
 
-#: Scores a merge reads from the block's softmax map, which merging blocks then materialise.
-_MAP_METRICS = ("attn_cls", "attn_mean", "attn_entropy")
-#: Scores that can weight a merge on a timm ViT (metric="none": plain ToMe).
-MERGE_SCORES = scores.SHIFT_METRICS + _MAP_METRICS + scores.CONTROL_METRICS
-
-
 class RepShiftMergeBlock(Block):
-    """timm ``Block`` under ``mode="merge"``: proportional attention once tokens have sizes, and a ToMe step at
-    the state's site when scheduled (see the module doc)."""
+    """timm ``Block`` under ``mode="merge"``: :func:`repshift.patch.base.tome_block` (see the module doc)."""
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
         _reject_masks(attn_mask, is_causal)
         state: PruneState = self.repshift_state
-        layer, prefix = self.repshift_layer, self.repshift_num_prefix
         if not state.book:  # the first block describes the sequence
-            state.begin(x, protected=range(prefix))
-        state.enter(layer, x.shape[1])
-        step = state.step(layer)
-        count = merge.merge_count(x.shape[1] - prefix, *step) if step is not None else 0
-        bias = merge.size_bias(state.size) if state.proportional and state.size is not None else None
-        x_norm = self.norm1(x)
-        with_map = count > 0 and state.metric in _MAP_METRICS
-        a_raw, keys, attn_map = self.attn.forward_merge(x_norm, bias, with_map)
-        a = self.ls1(a_raw)
-        x_mid = x + self.drop_path1(a)
-        attn_branch = Branch(input=x, normed=x_norm, raw=a_raw, update=a, output=x_mid)
-        if count and state.site == "attn":
-            x_mid = self._merge(x_mid, keys, count, {"attn": attn_branch}, attn_map)
-            return x_mid + self.drop_path2(self.ls2(self.mlp(self.norm2(x_mid))))
-        x_mid_norm = self.norm2(x_mid)
-        m_raw = self.mlp(x_mid_norm)
-        m = self.ls2(m_raw)
-        x_out = x_mid + self.drop_path2(m)
-        if not count:
-            return x_out
-        sites = {"attn": attn_branch, "mlp": Branch(input=x_mid, normed=x_mid_norm, raw=m_raw, update=m, output=x_out),
-                 "block": (x_out, x)}
-        return self._merge(x_out, keys, count, sites, attn_map)
-
-    def _merge(self, x: Tensor, keys: Tensor, count: int, sites: dict, attn_map: Optional[Tensor]) -> Tensor:
-        """Merge ``count`` patch tokens of ``x`` away; sizes and per-token records follow the destinations."""
-        state: PruneState = self.repshift_state
-        prefix = self.repshift_num_prefix
-        saliency = merge_saliency(state, self.repshift_layer, sites, attn_map, x, prefix)
-        x, state.size, positions = merge.merge_after_prefix(x, keys, count, prefix, state.size, saliency)
-        state.book = {name: gather_tokens(record, positions) for name, record in state.book.items()}
-        return x
-
-
-def merge_saliency(state: PruneState, layer: int, sites: dict, attn_map: Optional[Tensor], like: Tensor,
-                   prefix: int) -> Optional[Tensor]:
-    """ŝ ``[B, N - prefix]`` of the mergeable tokens: the state's score, normalised over them as vid-TLDR does
-    (:func:`repshift.merge.normalize_saliency`); None for ``metric="none"`` (ŝ = 1, plain ToMe)."""
-    if state.metric == "attn_entropy":
-        raw = merge.attention_entropy(attn_map)
-    else:
-        raw = score_tokens(state, layer, sites=sites, attn_map=attn_map, like=like)
-    return None if raw is None else merge.normalize_saliency(raw[:, prefix:])
+            state.begin(x, protected=range(self.repshift_num_prefix))
+        return tome_block(state, self.repshift_layer, x, prefix=self.repshift_num_prefix, norm1=self.norm1,
+                          attn=self.attn, norm2=self.norm2, mlp=self.mlp, ls1=self.ls1, ls2=self.ls2,
+                          drop1=self.drop_path1, drop2=self.drop_path2)
 
 
 def _reject_masks(attn_mask, is_causal) -> None:
@@ -219,15 +169,7 @@ class TimmViTAdapter(Adapter):
 
     def check_merge(self, model, state: PruneState) -> None:
         """Refuse a merge this ViT cannot serve: a score it cannot give, or an ``r`` above half the patch tokens."""
-        if state.metric not in MERGE_SCORES:
-            raise ValueError(f"merging on {self.family} models takes metric in {MERGE_SCORES}; "
-                             f"metric={state.metric} is a score this host cannot give")
-        if state.keep != "top":
-            raise ValueError("keep='bottom' selects tokens to drop; merging has no such choice (use keep='top')")
-        if state.metric == "attn_cls" and model.cls_token is None:
-            raise ValueError("metric=attn_cls (Eq. 2) reads the class token's attention row and this ViT has no "
-                             "class token: use metric=attn (Eq. 3 here) or attn_mean")
-        merge.merge_schedule(model.patch_embed.num_patches, {layer: state.step(layer) for layer in state.layers})
+        check_merge(self.family, state, model.patch_embed.num_patches, class_token=model.cls_token is not None)
 
     def install(self, model, state: PruneState) -> None:
         merging = state.mode == "merge"
