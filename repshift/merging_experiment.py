@@ -66,8 +66,6 @@ def build(cfg: DictConfig, device: torch.device, r: Optional[int] = None):
     model.to(device).eval()
     if is_merge(cfg):
         with open_dict(cfg):
-            if cfg.compress.layers is None:
-                cfg.compress.layers = list(range(len(model.blocks)))
             if cfg.compress.num is None and cfg.compress.ratio is None:
                 cfg.compress.num = r
     return compress_model(model, cfg), weights

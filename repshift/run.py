@@ -101,7 +101,9 @@ def compresses(cfg: DictConfig) -> bool:
 def run_settings(cfg: DictConfig) -> dict:
     """What a run does, in the terms a method declares (:data:`repshift.configs.DECLARABLE`)."""
     return {"prunes": compresses(cfg), "metric": cfg.metric, "site": cfg.site, "attention": cfg.attention,
-            "mode": cfg.compress.get("mode", "sequence"), "proportional": cfg.compress.get("proportional")}
+            "mode": cfg.compress.get("mode", "sequence"), "proportional": cfg.compress.get("proportional"),
+            # ToMe merges in every block (layers: null); vid-TLDR and pruning in the blocks they list
+            "blocks": "every" if cfg.compress.layers is None else "listed"}
 
 
 def recorded_method(cfg: DictConfig) -> dict:
@@ -142,9 +144,14 @@ def recorded_method(cfg: DictConfig) -> dict:
 VID_TLDR_FAMILIES = ("umt", "umt_qa")
 
 
-def check_merge_host(cfg: DictConfig) -> None:
+def check_merging(cfg: DictConfig) -> None:
     """Say plainly that vid-TLDR's schedules are UMT's, before their lookup (by ``model.size``) fails on another
-    model with an interpolation error. (ToMe merging on a ViT is ``method=tome``: the adapter says what it serves.)"""
+    model with an interpolation error (ToMe merging on a ViT is ``method=tome``: the adapter says what it serves),
+    and that a merge with nothing to merge is no run (``method=tome`` needs its ``r``)."""
+    c = cfg.compress
+    if c.get("mode") == "merge" and c.layers is None and not (c.num or c.ratio):
+        raise ValueError(f"compress.mode=merge in every block (method={cfg.method.name}) needs ToMe's r, the tokens "
+                         "merged per block: give compress.num=<r> (an int, or one per block)")
     if "vid_tldr" in cfg and cfg.model.get("family") not in VID_TLDR_FAMILIES:
         raise ValueError(
             f"compress=vid_tldr (vid-TLDR's published merging schedules, method={cfg.method.name}) applies to UMT "
@@ -285,7 +292,7 @@ class Run:
 
     def run(self, stack: contextlib.ExitStack) -> RunRecord:
         cfg = self.cfg
-        check_merge_host(cfg)
+        check_merging(cfg)
         config = OmegaConf.to_container(cfg, resolve=True)
         settings.validate(config)
         todo = tasks.parse_tasks(config["task"])
@@ -348,7 +355,6 @@ class Run:
             self.stage = "evaluating"
             fields["evaluator"] = cfg.dataset.evaluator
             fields["dataset"], fields["metrics"] = evaluator.run(model, cfg, device, self.run_dir)
-            tasks.check_evaluated(fields["metrics"], cfg)
         if "bench" in todo and self.rank == 0:
             self.stage = "benchmarking"
             fields["bench"], fields["gmacs"] = tasks.run_bench(model, cfg, device)

@@ -174,18 +174,6 @@ def evaluator_of(cfg: DictConfig, model) -> Evaluator:
     return evaluator
 
 
-#: The counts an evaluator reports of what it evaluated (classification, retrieval, QA).
-EVALUATED_COUNTS = ("n", "n_videos", "n_texts", "n_questions")
-
-
-def check_evaluated(metrics: dict, cfg: DictConfig) -> None:
-    """An evaluation of nothing is a failed run, never a result: every sample skipped (``skip_corrupt``), an
-    empty split or annotation file."""
-    empty = [key for key in EVALUATED_COUNTS if metrics.get(key) == 0]
-    if empty:
-        raise RuntimeError(f"dataset={cfg.dataset.name} (dataset.root={cfg.dataset.root}, split {cfg.dataset.split}) "
-                           f"evaluated no samples ({', '.join(f'{k}=0' for k in empty)}; skipped: "
-                           f"{ {k: v for k, v in metrics.items() if k.startswith('skipped')} }): no result is written")
 
 
 def check_train_output(cfg: DictConfig) -> None:

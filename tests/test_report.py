@@ -340,7 +340,7 @@ def test_unknown_table_and_write(tmp_path):
 
 def test_every_table_registered_once_and_core_knows_no_builder():
     assert set(T.TABLES) == {"table1", "table2", "table3", "table4", "table5", "table6", "table7", "table8", "fig1",
-                             "fig3", "fig3_umt", "fig5", "readings", "demo"}
+                             "fig3", "fig3_umt", "fig5", "readings", "demo", "merging"}
     with pytest.raises(ValueError, match="registered twice"):
         core.register("table5")(lambda runs: None)
     source = (ROOT / "repshift/report/core.py").read_text()

@@ -108,7 +108,8 @@ def test_a_payload_checkpoint_with_the_switch_set_to_no_runs_nothing(tmp_path):
 #: A host each method runs on (a method of another family needs its model and data).
 HOSTS = {"line_wise": ["model=resnet34"], "token_wise": ["model=resnet34"], "top_vim": ["model=vim_t"],
          "vid_tldr": ["model=umt_b", "dataset=msrvtt"], "vid_tldr_ours": ["model=umt_b", "dataset=msrvtt"],
-         "vid_tldr_ours_flash": ["model=umt_b", "dataset=msrvtt"]}
+         "vid_tldr_ours_flash": ["model=umt_b", "dataset=msrvtt"],
+         **{name: ["compress.num=4"] for name in ("tome", "tome_ours", "tome_attn", "tome_random")}}
 
 
 @pytest.mark.parametrize("name", names("method"))
@@ -131,10 +132,10 @@ def test_one_spelling_per_method():
 
 
 def test_no_run_matches_two_methods():
-    grid = [dict(prunes=p, metric=m, site=s, attention=a, mode=mode, proportional=prop)
+    grid = [dict(prunes=p, metric=m, site=s, attention=a, mode=mode, proportional=prop, blocks=blocks)
             for p in (True, False) for m in ("l2", "attn", "attn_entropy", "random", "none", "top_vim", "cos")
             for s in ("mlp", "attn", "mixer") for a in ("sdpa", "eager") for mode in ("sequence", "line", "merge")
-            for prop in (None, True, False)]
+            for prop in (None, True, False) for blocks in ("every", "listed")]
     for run_settings in grid:
         matching = [spec.name for spec in methods().values() if spec.matches(run_settings)]
         assert len(matching) <= 1, (run_settings, matching)
@@ -168,8 +169,8 @@ def test_a_name_of_your_own_is_kept_and_a_kernel_is_not_a_method():
 
 # --- configs: builders, bases, experiment folders ---------------------------------------------
 
-DATASET_BUILDERS = {"repshift.data.build.image_folder", "repshift.data.build.shapebench",
-                    "repshift.data.build.video_text", "repshift.data.build.video_qa"}
+DATASET_BUILDERS = {"repshift.data.folder.build", "repshift.data.shapebench.build",
+                    "repshift.data.video_text.build", "repshift.data.video_qa.build"}
 MODEL_BUILDERS = {"repshift.models.build_timm", "repshift.models.umt.build", "repshift.models.umt_qa.build",
                   "repshift.models.efficientnet.build"}
 
@@ -179,7 +180,7 @@ def test_datasets_and_models_name_their_builder(group, builders):
     targets = {name: compose_run([f"{group}={name}"])[group].get("_target_") for name in names(group)}
     assert set(targets.values()) == builders, targets
     assert targets["imagenet" if group == "dataset" else "umt_b_qa"] in (
-        "repshift.data.build.image_folder", "repshift.models.umt_qa.build")
+        "repshift.data.folder.build", "repshift.models.umt_qa.build")
 
 
 def test_video_datasets_share_one_base():

@@ -124,18 +124,18 @@ def test_an_evaluation_of_nothing_fails_without_a_result(workdir):
         (root / "val" / name).mkdir(parents=True)
         (root / "val" / name / "x.JPEG").write_bytes(b"not a jpeg")
     args = [*QUICK, "task=[evaluate]", "dataset=imagenet", f"dataset.root={root}", "dataset.generate=null", "dataset.limit=null",
-            "dataset.skip_corrupt=true", "dataset.num_workers=0", "experiment_name=empty"]
+            "dataset.skip_corrupt=true", "dataset.num_workers=0", "model.kwargs.num_classes=2", "experiment_name=empty"]
     failed = run_here(workdir, *args)
-    assert isinstance(failed, RunFailed) and "samples" in str(failed)
+    assert isinstance(failed, RunFailed) and "nothing was evaluated" in str(failed)
     folder = named_folder(workdir, *args)
     assert not (folder / "result.json").exists()
     assert "Traceback" in (folder / "run.log").read_text()
     (row,) = status.sweep_status(folder.parent)
-    assert row["status"] == "failed" and "samples" in row["note"] and str(folder / "run.log") in row["note"]
+    assert row["status"] == "failed" and "nothing was evaluated" in row["note"] and str(folder / "run.log") in row["note"]
 
 
 def test_a_failed_run_logs_its_traceback_and_shows_as_failed(workdir):
-    args = ["smoke=on", "model=tiny", "task=[evaluate]", "+model.kwargs.num_classes=0", "experiment_name=failing"]
+    args = ["smoke=on", "model=tiny", "task=[evaluate]", "model.kwargs.num_classes=0", "experiment_name=failing"]
     failed = run_here(workdir, *args)
     folder = named_folder(workdir, *args)
     assert isinstance(failed, RunFailed) and failed.early and failed.run_dir == folder

@@ -13,7 +13,7 @@ import repshift.run
 from repshift import status
 from repshift.run import RunFailed, SweepGuard, SweepStopped
 
-TINY = ["smoke=on", "model=tiny", "+model.kwargs.num_classes=8"]
+TINY = ["smoke=on", "model=tiny"]
 
 
 def test_a_missing_tokenizer_is_found_before_any_model_is_built(tmp_path, monkeypatch):
@@ -106,7 +106,7 @@ def test_a_sweep_of_failing_runs_that_build_a_model_stays_within_one_model_of_me
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(DRIVER))
     proc = subprocess.run(
-        [sys.executable, str(script), "-m", "smoke=on", *BIG, "+model.kwargs.num_classes=0", "task=[evaluate]",
+        [sys.executable, str(script), "-m", "smoke=on", *BIG, "model.kwargs.num_classes=0", "task=[evaluate]",
          "experiment_name=memory", "keep_going=true", "seed=0,1,2,3,4"],
         cwd=tmp_path, capture_output=True, text=True, timeout=900,
         env={"PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},

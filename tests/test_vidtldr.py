@@ -101,14 +101,14 @@ def test_configs_select_each_schedule_and_name_the_paper_columns():
 
 
 def test_the_runner_refuses_merging_a_non_umt_model_by_name():
-    from repshift.run import check_merge_host
+    from repshift.run import check_merging
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         deit = compose("run", overrides=["model=deit_t", "method=vid_tldr"])
         qa = compose("run", overrides=["model=umt_b_qa", "method=vid_tldr"])
     with pytest.raises(ValueError, match="applies to UMT models.*model=deit_tiny_patch16_224.*method=tome"):
-        check_merge_host(deit)
-    check_merge_host(qa)  # the QA model holds a UMT encoder: merging applies
+        check_merging(deit)
+    check_merging(qa)  # the QA model holds a UMT encoder: merging applies
 
 
 def test_keep_temporal_false_pools_all_tokens_into_one_vector():

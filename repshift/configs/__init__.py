@@ -68,7 +68,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "run", return_hydr
 
 #: What a method may declare about a run (``method.declares`` in ``method/<name>.yaml``). A key left out
 #: accepts any value; a list accepts any of its values.
-DECLARABLE = ("prunes", "metric", "site", "attention", "mode", "proportional")
+DECLARABLE = ("prunes", "metric", "site", "attention", "mode", "proportional", "blocks")
 
 
 @dataclass(frozen=True)

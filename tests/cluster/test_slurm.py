@@ -18,7 +18,7 @@ from repshift.configs import CONFIG_DIR
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICK = ["smoke=on", "model=tiny", "+model.kwargs.num_classes=8"]
+QUICK = ["smoke=on", "model=tiny"]
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.poll_s=1"]
 ENV = {
     **os.environ,
