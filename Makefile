@@ -32,7 +32,7 @@ endif
 report = $(if $(filter 1,$(DETACH)),@echo "queued: follow with 'make status EXP=$(1)$(if $(filter 1,$(SMOKE)), SMOKE=1)'; \
 	when every run is done: $(PY) -m repshift.report table $(1) --results $(OUTPUTS)",$(PY) -m repshift.report table $(1) --results $(OUTPUTS))
 
-.PHONY: help install test test-slow test-gpu test-cluster status bench demo data-shapebench clean \
+.PHONY: help install test test-e2e test-slow test-gpu test-cluster status bench demo data-shapebench clean \
 	reproduce-table1 reproduce-table5 reproduce-table8 reproduce-fig3 reproduce-fig5 reproduce-readings
 
 help:  ## list targets
@@ -46,8 +46,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed  ## create .venv and install repshift (editable) with its dependencies
 
-test: install  ## run the test suite (CPU, ~10 min on 2 cores)
+test: install  ## run the test suite (CPU, ~6 min on 2 cores)
 	$(PY) -m pytest
+
+test-e2e: install  ## the quick end-to-end runs kept out of `make test`: make SMOKE targets, the demo, torchrun, submitit
+	$(PY) -m pytest -m "e2e and not slow"
 
 test-slow: install  ## run the slow end-to-end tests kept out of `make test`
 	$(PY) -m pytest -m slow

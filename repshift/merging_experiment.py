@@ -38,7 +38,7 @@ import repshift.tasks as tasks
 from repshift.configs import compose
 from repshift.models import build_model
 from repshift.record import Identity, RunRecord, fingerprint, scan
-from repshift.run import compress_model, compresses, method_record, resolve_device
+from repshift.run import compress_model, compresses, recorded_method, resolve_device
 
 log = logging.getLogger("repshift.merging")
 
@@ -105,11 +105,12 @@ def run(overrides: list[str]) -> list[RunRecord]:
     merging = [cfg for cfg in cfgs.values() if is_merge(cfg)]
     r = match_r(merging[0], budget, device) if merging else None
 
+    out = Path(first.paths.output_dir) / EXPERIMENT
     models, measured = {}, {}
     for name, cfg in cfgs.items():
         model, weights = build(cfg, device, r)
         evaluator = tasks.evaluator_of(cfg, model)
-        dataset, metrics = evaluator.run(model, cfg, device)
+        dataset, metrics = evaluator.run(model, cfg, device, _mkdir(out / _run_name(cfg)))
         gmacs = bench.count_gmacs(model, tuple(cfg.model.input_size), device)
         tokens = list(model.repshift.tokens) if repshift.is_patched(model) else []
         log.info("%s: top-1 %.2f, %.4f GMACs, tokens %s", name, metrics["top1"], gmacs, tokens)
@@ -119,7 +120,6 @@ def run(overrides: list[str]) -> list[RunRecord]:
     timings = bench.compare(models, input_size=tuple(first.model.input_size), device=device, unit=first.model.unit,
                             progress=first.progress, desc="throughput", **_bench_settings(first, device))
     env = provenance.environment()
-    out = Path(first.paths.output_dir) / EXPERIMENT
     records = []
     for name, cfg in cfgs.items():
         record = _record(cfg, models[name], measured[name], {**timings[name], "part": "whole model"}, env, device)
@@ -140,6 +140,11 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+def _run_name(cfg: DictConfig) -> str:
+    """The folder and run name of one method's record (``cfg`` as built)."""
+    return f"model={cfg.hydra.runtime.choices.model},method={recorded_method(cfg)['name']}"
+
+
 def _record(cfg: DictConfig, model, measured: dict, timing: dict, env: dict, device: torch.device) -> RunRecord:
     """The run record of one method (``cfg`` as built: a merge method's layers and ``r`` filled in)."""
     model_name = cfg.hydra.runtime.choices.model
@@ -150,12 +155,12 @@ def _record(cfg: DictConfig, model, measured: dict, timing: dict, env: dict, dev
     checkpoint = cfg.model.get("checkpoint")
     inputs = [fingerprint("checkpoint", checkpoint, content_hash=True)] if checkpoint else []
     code = str(env["git_commit"]) + ("+dirty" if env.get("git_dirty") else "")
-    method = method_record(cfg)
+    method = recorded_method(cfg)
     patched = repshift.is_patched(model)
     return RunRecord(
         identity=Identity.of(config, inputs, str(device), code),
         experiment=EXPERIMENT,
-        run_name=f"model={model_name},method={method['name']}",
+        run_name=_run_name(cfg),
         method=method,
         model={"name": model_name, "arch": cfg.model.name, "family": model.repshift.family if patched else None},
         metric=cfg.metric,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from repshift.record import scan
 from repshift.report.claims import ledger
@@ -19,6 +20,7 @@ def agreement_literal_block0(out):
     return pd.read_csv(out / "mask_agreement.csv", index_col=0).loc["l2-mlp", "block 0"]
 
 
+@pytest.mark.e2e
 def test_demo_end_to_end_small(tmp_path):
     out = tmp_path / "demo"
     command = [

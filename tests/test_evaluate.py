@@ -213,6 +213,7 @@ D.cleanup()
 """
 
 
+@pytest.mark.e2e
 def test_torchrun_two_processes_match_single_process(tmp_path):
     outs = run_torchrun_workers(WORKER, tmp_path, Path(__file__).parent)
 

@@ -233,6 +233,7 @@ def test_maps_cli_smoke(smoke_data, tmp_path, capsys):
     assert "has no val/ folder" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_report_maps_runs_the_runner_side_in_its_own_process(smoke_data, tmp_path):
     """`python -m repshift.report maps` (the README's command, old spelling included) reaches repshift.maps
     without the report importing any model code."""

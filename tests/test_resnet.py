@@ -347,11 +347,21 @@ def test_fig7_draws_every_stage_on_shapebench(tmp_path):
     assert json.loads((tmp_path / "fig7.json").read_text())["weights"]["real"] is False
 
 
-def test_fig7_stage_maps_leave_the_model_unpatched():
+def test_fig7_stage_maps_are_each_stage_shift_and_leave_the_model_unpatched():
     model = tiny_resnet()
     maps = fig7.stage_maps(model, images(), site="stage")
     assert [tuple(m.shape) for m in maps] == [(2, 16, 16), (2, 8, 8), (2, 4, 4), (2, 2, 2)]
-    assert not repshift.is_patched(model) and all((m >= 0).all() for m in maps)
+    assert not repshift.is_patched(model)
+    # by hand: L2 over channels between each stage's output and its input through the first shortcut
+    expected = []
+    with torch.no_grad():
+        x = model.maxpool(model.act1(model.bn1(model.conv1(images()))))
+        for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+            shortcut = stage[0].downsample(x) if stage[0].downsample is not None else x
+            x = stage(x)
+            expected.append((x - shortcut).norm(dim=1))
+    for got, want in zip(maps, expected):
+        torch.testing.assert_close(got.reshape(want.shape), want)
     with pytest.raises(ValueError, match="Fig. 7 maps a representation shift"):
         fig7.stage_maps(model, images(), metric="random")
 

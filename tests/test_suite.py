@@ -86,7 +86,7 @@ def test_slurm_launcher_defaults():
     launcher = cfg.hydra.launcher
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
     assert launcher.timeout_min > 0 and launcher.array_parallelism > 0
-    assert "submitit_slurm" in launcher._target_.lower() or "slurm" in launcher._target_.lower()
+    assert launcher._target_ == "hydra_plugins.repshift_launcher.SlurmLauncher"  # ours, not submitit's own
 
 
 def test_run_names_are_safe_readable_and_distinct():
@@ -131,6 +131,7 @@ def test_single_run_writes_a_complete_result_then_skips(workdir):
     assert "top-1" in proc.stdout + proc.stderr
 
 
+@pytest.mark.e2e
 def test_sweep_through_submitit_local_and_an_interrupted_relaunch(workdir):
     sweep = ["-m", *QUICK, "task=[evaluate]", "metric=l1,l2", "hydra/launcher=submitit_local", "experiment_name=sweep"]
     run(workdir, *sweep)
@@ -145,6 +146,7 @@ def test_sweep_through_submitit_local_and_an_interrupted_relaunch(workdir):
     assert kept.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.e2e
 def test_torchrun_two_processes_match_one(workdir):
     args = [*QUICK, "task=[evaluate]", "dataset.limit=null", "experiment_name=ddp"]
     run(workdir, *args, "+tag=single")
@@ -207,6 +209,7 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped(workdir):
 # --- make targets ---------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_make_reproduce_table5_smoke(tmp_path):
     stdout, outputs = make_smoke("reproduce-table5", tmp_path)
     assert "Table 5" in stdout and "deit_s · Acc" in stdout and "77.8" in stdout  # paper numbers beside ours
@@ -216,11 +219,13 @@ def test_make_reproduce_table5_smoke(tmp_path):
     assert (outputs / "tables/table5.md").exists() and (outputs / "tables/table5.csv").exists()
 
 
+@pytest.mark.e2e
 def test_make_reproduce_table1_smoke(tmp_path):
     stdout, outputs = make_smoke("reproduce-table1", tmp_path)
     assert "self-attention" in stdout and "flash-attention" in stdout and "3552" in stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "target,text",
     [

@@ -342,7 +342,7 @@ def _groups(claim: Claim) -> tuple[list, Any]:
     if claim.datasets:
         return list(claim.datasets), dataset_of
     if claim.blocks:
-        return list(claim.blocks), lambda r: first_layer(r) if r.compress and len(r.compress.layers) == 1 else None
+        return list(claim.blocks), lambda r: first_layer(r) if r.compress and len(r.compress.layers or ()) == 1 else None
     return [None], lambda r: None
 
 
@@ -386,7 +386,7 @@ def _difference(claim: Claim, part: Part, runs: list[Run], of: Selection, over: 
 
 def _ordering(claim: Claim, part: Part, runs: list[Run], setting: bool) -> _Outcome:
     real = runs if setting else [r for r in runs if not r.record.tainted]
-    single = [r for r in real if r.record.compress is not None and len(r.record.compress.layers) == 1
+    single = [r for r in real if r.record.compress is not None and len(r.record.compress.layers or ()) == 1
               and r.record.metric_value(part.metric) is not None]
     per_block: dict[str, dict[int, Run]] = {}
     for name, selection in part.candidates.items():

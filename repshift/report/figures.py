@@ -201,7 +201,7 @@ def _collect_curves(fig_name: str, runs: list[Run]) -> tuple[dict, dict, dict]:
         value, label = _accuracy(r)
         if value is None:
             continue
-        model, layers = r.model.name, (r.compress.layers if r.compress else [])
+        model, layers = r.model.name, ((r.compress.layers or []) if r.compress else [])
         ylabels.setdefault(model, label)
         if first_layer(r) is None or r.method.name == "base":
             baselines[model] = (value, r.tainted)

@@ -296,7 +296,7 @@ def build_readings(runs: list[Run]) -> pd.DataFrame:
     schedule, gaps = Grid(), Grid()
     for run in runs:
         r = run.record
-        layers = r.compress.layers if r.compress else []
+        layers = (r.compress.layers or []) if r.compress else []
         if r.metric not in ("l1", "l2", "cos") or not layers:
             continue
         score = f"{r.model.name}{SEP}{r.metric}-{r.site}"

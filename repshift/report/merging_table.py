@@ -52,12 +52,15 @@ def _schedule(record: RunRecord) -> str:
     c = record.compress
     if c is None:
         return "—"
-    blocks = ",".join(str(b) for b in c.layers)
     if c.mode == "merge":
         r = c.num if c.num is not None else f"{c.ratio:g} of the tokens"
         if isinstance(r, list):
             r = "[" + ",".join(map(str, r)) + "]"
+        if c.layers is None:  # ToMe's schedule: every block
+            return f"r={r} in every block"
+        blocks = ",".join(str(b) for b in c.layers)
         return f"r={r} x {len(c.layers)} blocks" if isinstance(c.num, int) else f"r={r} @ blocks {blocks}"
+    blocks = ",".join(str(b) for b in c.layers)
     amount = f"{c.ratio * 100:g} %" if c.ratio is not None else f"{c.num}"
     return f"{amount} @ blocks {blocks}"
 
