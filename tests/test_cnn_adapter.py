@@ -39,6 +39,21 @@ def capture_input(module):
     return seen, handle
 
 
+def stage_input_before_and_after(name, stage, **schedule):
+    """What ``stage`` of model ``name`` receives on :func:`images`, unpatched and then patched with ``schedule``
+    (score maps recorded); returns (unpatched input, patched input, patched model)."""
+    model = cnn(name)
+    x = images()
+    reference, handle = capture_input(stage(model))
+    model(x)
+    handle.remove()
+    repshift.patch(model, **schedule)
+    model.repshift.record = True
+    pruned, _ = capture_input(stage(model))
+    model(x)
+    return reference["x"], pruned["x"], model
+
+
 def capture_io(module):
     seen = {}
     handle = module.register_forward_hook(lambda m, args, out: seen.update(x=args[0], out=out))
@@ -230,38 +245,24 @@ def test_a_stage_without_a_residual_block_records_nan_and_refuses_the_shift():
 
 @torch.no_grad()
 def test_line_wise_keeps_the_best_rows_and_columns_in_order():
-    model = cnn("convnext_atto")
-    x = images()
-    reference, handle = capture_input(model.stages[1])
-    model(x)
-    handle.remove()
-    repshift.patch(model, metric="l2", layers=(0,), num=(5,), mode="line")
-    model.repshift.record = True
-    pruned, _ = capture_input(model.stages[1])
-    model(x)
+    reference, pruned, model = stage_input_before_and_after("convnext_atto", lambda m: m.stages[1], metric="l2",
+                                                            layers=(0,), num=(5,), mode="line")
     score = model.repshift.recorded[0]  # 16 x 16 at 64 px
-    for b in range(x.shape[0]):
+    for b in range(reference.shape[0]):
         rows = sorted(score[b].mean(1).argsort(descending=True)[:11].tolist())
         cols = sorted(score[b].mean(0).argsort(descending=True)[:11].tolist())
-        assert torch.equal(pruned["x"][b], reference["x"][b][:, rows][:, :, cols])
+        assert torch.equal(pruned[b], reference[b][:, rows][:, :, cols])
 
 
 @torch.no_grad()
 def test_token_wise_keeps_a_dense_grid_of_the_best_tokens():
-    model = cnn("tf_efficientnet_lite0")
-    x = images()
-    reference, handle = capture_input(model.blocks[2])
-    model(x)
-    handle.remove()
-    repshift.patch(model, metric="l2", layers=(1,), num=(3,), mode="token")
-    model.repshift.record = True
-    pruned, _ = capture_input(model.blocks[2])
-    model(x)
+    reference, pruned, model = stage_input_before_and_after("tf_efficientnet_lite0", lambda m: m.blocks[2],
+                                                            metric="l2", layers=(1,), num=(3,), mode="token")
     score = model.repshift.recorded[1]  # 16 x 16
-    assert pruned["x"].shape[2:] == (13, 13)
-    for b in range(x.shape[0]):  # every kept feature vector is one of the map's, and the weakest token is gone
-        kept = pruned["x"][b].flatten(1).T
-        full = reference["x"][b].flatten(1).T
+    assert pruned.shape[2:] == (13, 13)
+    for b in range(reference.shape[0]):  # every kept feature vector is one of the map's, and the weakest token is gone
+        kept = pruned[b].flatten(1).T
+        full = reference[b].flatten(1).T
         assert all((full == row).all(1).any() for row in kept)
         weakest = full[score[b].flatten().argmin()]
         assert not (kept == weakest).all(1).any()
@@ -269,15 +270,9 @@ def test_token_wise_keeps_a_dense_grid_of_the_best_tokens():
 
 @torch.no_grad()
 def test_static_control_crops_the_first_rows_and_columns():
-    model = cnn("tf_efficientnet_lite0")
-    x = images()
-    reference, handle = capture_input(model.blocks[2])
-    model(x)
-    handle.remove()
-    repshift.patch(model, metric="none", layers=(1,), num=(4,), mode="line")
-    pruned, _ = capture_input(model.blocks[2])
-    model(x)
-    assert torch.equal(pruned["x"], reference["x"][:, :, :12, :12])
+    reference, pruned, _ = stage_input_before_and_after("tf_efficientnet_lite0", lambda m: m.blocks[2],
+                                                        metric="none", layers=(1,), num=(4,), mode="line")
+    assert torch.equal(pruned, reference[:, :, :12, :12])
 
 
 def test_pruned_model_trains_through_the_gathers():

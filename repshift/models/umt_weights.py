@@ -121,15 +121,8 @@ def load_official(model: nn.Module, checkpoint, *, unsafe_full_unpickle: bool = 
     """
     if hasattr(model, "text_encoder"):
         return load_official_retrieval(model, checkpoint, unsafe_full_unpickle=unsafe_full_unpickle)
-    state, source = state_dict_of(checkpoint, unsafe_full_unpickle)
-    mapped, unexpected = {}, []
-    for key, tensor in state.items():
-        own = vision_key(key)
-        if own is not None:
-            mapped[own] = (key, tensor)
-        elif not (_is_unused(key) or key.startswith(TEXT_PREFIXES)):
-            unexpected.append(key)
-    return load_mapped(model, mapped, unexpected, source)
+    return _load_vision(model, checkpoint, unsafe_full_unpickle,
+                        ignored=lambda key: _is_unused(key) or key.startswith(TEXT_PREFIXES))
 
 
 def load_official_retrieval(model: nn.Module, checkpoint, *, unsafe_full_unpickle: bool = False) -> Loaded:
@@ -249,13 +242,20 @@ def load_official_qa(model: nn.Module, checkpoint, *, unsafe_full_unpickle: bool
 
 def load_qa_vision(model: nn.Module, checkpoint, *, unsafe_full_unpickle: bool = False) -> Loaded:
     """The encoder of a QA file: ``vision_encoder.encoder.*``; the text side is expected and ignored."""
+    return _load_vision(model, checkpoint, unsafe_full_unpickle, ignored=lambda key: key in QA_UNUSED_KEYS or (
+        key.startswith(QA_UNUSED_PREFIXES + ("text_encoder.", "text_decoder."))))
+
+
+def _load_vision(model: nn.Module, checkpoint, unsafe_full_unpickle: bool, ignored: Callable[[str], bool]) -> Loaded:
+    """Load the vision keys of a checkpoint into ``model``; a key that is neither a vision key nor ``ignored`` is
+    unexpected."""
     state, source = state_dict_of(checkpoint, unsafe_full_unpickle)
     mapped, unexpected = {}, []
     for key, tensor in state.items():
         own = vision_key(key)
         if own is not None:
             mapped[own] = (key, tensor)
-        elif not (key in QA_UNUSED_KEYS or key.startswith(QA_UNUSED_PREFIXES + ("text_encoder.", "text_decoder."))):
+        elif not ignored(key):
             unexpected.append(key)
     return load_mapped(model, mapped, unexpected, source)
 

@@ -36,7 +36,7 @@ schedule and the input's shape (no ``.item()``, no data-dependent shapes).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +47,7 @@ from timm.models.efficientnet import EfficientNet
 
 import repshift.scores as scores
 from repshift.patch.base import Adapter, Branch, PruneState, patched_class, register_adapter, score_tokens
-from repshift.select import gather_grid_lines, keep_grid_lines, keep_grid_tokens
+from repshift.patch.grid import check_grid, grid_tokens, prune_grid
 
 # The residual branch F of each EfficientNet block type, module by module in timm's order (None entries skipped).
 _EFFICIENTNET_BRANCH = {
@@ -99,55 +99,6 @@ def _branch(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if module is not None:
             raw = module(raw)
     return x, raw, block.drop_path(raw)
-
-
-def grid_tokens(x: Tensor) -> Tensor:
-    """``[B, C, H, W]`` as tokens ``[B, H*W, C]`` (a view), the layout :func:`score_tokens` expects."""
-    return x.flatten(2).transpose(1, 2)
-
-
-def gather_positions(x: Tensor, positions: Tensor) -> Tensor:
-    """``x [B, C, H, W]`` at the flat positions ``[B, 1, h, w]`` (indices into ``H * W``): ``[B, C, h, w]``."""
-    batch, channels = x.shape[:2]
-    index = positions.flatten(1)
-    gathered = x.flatten(2).gather(2, index.unsqueeze(1).expand(batch, channels, index.shape[1]))
-    return gathered.view(batch, channels, *positions.shape[2:])
-
-
-def check_grid(num: int, height: int, width: int, where: str) -> None:
-    """Refuse a step that would drop every row or every column of a stage's output."""
-    if num >= min(height, width):
-        raise ValueError(
-            f"num={num} at {where} asks for {num} rows and {num} columns of its {height}x{width} output map: "
-            "keep at least one (lower num, or prune an earlier, larger stage)"
-        )
-
-
-def prune_grid(state: PruneState, layer: int, out: Tensor, token_scores: Optional[Tensor], where: str) -> Tensor:
-    """Record the stage's score map if asked, then apply ``layer``'s drop rule to its output map ``out``.
-
-    ``token_scores`` ``[B, H*W]`` (``None``: the static control, which crops to the first rows and columns).
-    """
-    batch, _, height, width = out.shape
-    score_map = None if token_scores is None else token_scores.view(batch, height, width)
-    if state.record and score_map is not None:
-        state.recorded.append(score_map)
-    step = state.step(layer)
-    if step is None or step[1] == 0:
-        return out
-    num = step[1]
-    check_grid(num, height, width, where)
-    if score_map is None:
-        # contiguous, as the gathers below are: a strided crop would make every conv of the next stage copy it
-        return out[:, :, : height - num, : width - num].contiguous()
-    # Select on a one-channel map of flat positions, then move the features with a single gather.
-    positions = torch.arange(height * width, device=out.device).view(1, 1, height, width).expand(batch, 1, -1, -1)
-    if state.mode == "line":
-        rows, cols = keep_grid_lines(score_map, num, num, state.keep)
-        kept = gather_grid_lines(positions, rows, cols)
-    else:
-        kept = keep_grid_tokens(positions, score_map, num, state.keep)
-    return gather_positions(out, kept)
 
 
 class RepShiftCNNStage:

@@ -38,13 +38,12 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 import repshift.scores as scores
 from repshift.patch.base import Adapter, Branch, PruneState, patched_class, register_adapter, score_tokens
-from repshift.select import gather_grid_lines, keep_grid_lines, keep_grid_tokens
+from repshift.patch.grid import check_grid, grid_tokens, prune_grid
 
 # The residual branch F of each block type, module by module, in timm's order; then its final activation.
 _BRANCH = {
@@ -80,26 +79,9 @@ def _block_output(block: nn.Module, shortcut: Tensor, branch: Tensor) -> Tensor:
     return getattr(block, _FINAL_ACT[type(block)])(branch.add_(shortcut))
 
 
-def _tokens(x: Tensor) -> Tensor:
-    """``[B, C, H, W]`` as tokens ``[B, H*W, C]`` (a view), the layout :func:`score_tokens` expects."""
-    return x.flatten(2).transpose(1, 2)
-
-
-def _gather_positions(x: Tensor, positions: Tensor) -> Tensor:
-    """``x [B, C, H, W]`` at the flat positions ``[B, 1, h, w]`` (indices into ``H * W``): ``[B, C, h, w]``."""
-    batch, channels = x.shape[:2]
-    index = positions.flatten(1)
-    gathered = x.flatten(2).gather(2, index.unsqueeze(1).expand(batch, channels, index.shape[1]))
-    return gathered.view(batch, channels, *positions.shape[2:])
-
-
-def check_grid(num: int, height: int, width: int, layer: int) -> None:
-    """Refuse a step that would drop every row or every column of a stage's output."""
-    if num >= min(height, width):
-        raise ValueError(
-            f"num={num} at stage index {layer} (layer{layer + 1}) asks for {num} rows and {num} columns of its "
-            f"{height}x{width} output map: keep at least one (lower num, or prune an earlier, larger stage)"
-        )
+def stage_name(layer: int) -> str:
+    """How an error names stage ``layer``: its 0-based index and timm's attribute."""
+    return f"stage index {layer} (layer{layer + 1})"
 
 
 class RepShiftStage(nn.Sequential):
@@ -115,28 +97,8 @@ class RepShiftStage(nn.Sequential):
             out, token_scores = self._forward_scored(state, layer, x)
         else:  # controls: timm's own forward, then scores that need no features (random) or none (static)
             out = super().forward(x)
-            token_scores = score_tokens(state, layer, like=_tokens(out))
-        batch, _, height, width = out.shape
-        score_map = None if token_scores is None else token_scores.view(batch, height, width)
-        if state.record and score_map is not None:
-            state.recorded.append(score_map)
-        step = state.step(layer)
-        if step is None or step[1] == 0:
-            return out
-        num = step[1]
-        check_grid(num, height, width, layer)
-        if score_map is None:  # static control: the same grid, no scores
-            # contiguous, as the gathers below are: a strided crop would make every conv of the next stage copy it
-            return out[:, :, : height - num, : width - num].contiguous()
-        # Select on a one-channel map of flat positions, then move the features with a single gather:
-        # on the CPU that is several times faster than gathering the wide feature map row- then column-wise.
-        positions = torch.arange(height * width, device=out.device).view(1, 1, height, width).expand(batch, 1, -1, -1)
-        if state.mode == "line":
-            rows, cols = keep_grid_lines(score_map, num, num, state.keep)
-            kept = gather_grid_lines(positions, rows, cols)
-        else:
-            kept = keep_grid_tokens(positions, score_map, num, state.keep)
-        return _gather_positions(out, kept)
+            token_scores = score_tokens(state, layer, like=grid_tokens(out))
+        return prune_grid(state, layer, out, token_scores, stage_name(layer))
 
     def _forward_scored(self, state: PruneState, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """The stage's output and its representation-shift scores ``[B, H*W]`` at ``state.site``.
@@ -152,17 +114,20 @@ class RepShiftStage(nn.Sequential):
             x = _block_output(blocks[0], stage_shortcut, branch)  # sums into branch: the shortcut stays intact
             blocks = blocks[1:]
         if not blocks:  # a one-block stage: its first block is its last
-            return x, score_tokens(state, layer, sites={"stage": (_tokens(x), _tokens(stage_shortcut))}, like=_tokens(x))
+            stage_site = (grid_tokens(x), grid_tokens(stage_shortcut))
+            return x, score_tokens(state, layer, sites={"stage": stage_site}, like=grid_tokens(x))
         for block in blocks[:-1]:
             x = block(x)
         shortcut, branch = _block_branch(blocks[-1], x)
         if state.site == "mlp":
             # Branch.pair("update") forms shortcut + branch itself; it is not needed otherwise.
-            site = Branch(input=_tokens(shortcut), normed=_tokens(shortcut), raw=_tokens(branch), update=_tokens(branch))
-            token_scores = score_tokens(state, layer, sites={"mlp": site}, like=_tokens(branch))
+            site = Branch(input=grid_tokens(shortcut), normed=grid_tokens(shortcut), raw=grid_tokens(branch),
+                          update=grid_tokens(branch))
+            token_scores = score_tokens(state, layer, sites={"mlp": site}, like=grid_tokens(branch))
             return _block_output(blocks[-1], shortcut, branch), token_scores
         out = _block_output(blocks[-1], shortcut, branch)
-        return out, score_tokens(state, layer, sites={"stage": (_tokens(out), _tokens(stage_shortcut))}, like=_tokens(out))
+        stage_site = (grid_tokens(out), grid_tokens(stage_shortcut))
+        return out, score_tokens(state, layer, sites={"stage": stage_site}, like=grid_tokens(out))
 
 
 class RepShiftResNetModel:
@@ -195,7 +160,7 @@ def grid_sizes(model: ResNet, input_hw: Sequence[int], layers: Sequence[int] = (
         height, width, previous = _halve(height, times), _halve(width, times), reduction
         entry = {"stage": f"layer{layer + 1}", "output": (height, width), "pruned": None}
         if drops.get(layer):
-            check_grid(drops[layer], height, width, layer)
+            check_grid(drops[layer], height, width, stage_name(layer))
             height, width = height - drops[layer], width - drops[layer]
             entry["pruned"] = (height, width)
         out.append(entry)
