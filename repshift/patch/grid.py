@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from repshift.patch.base import PruneState
+import repshift.scores as scores
+from repshift.patch.base import Adapter, PruneState, score_tokens
 from repshift.select import gather_grid_lines, keep_grid_lines, keep_grid_tokens
 
 
@@ -60,3 +61,44 @@ def prune_grid(state: PruneState, layer: int, out: Tensor, token_scores: Optiona
     else:
         kept = keep_grid_tokens(positions, score_map, num, state.keep)
     return gather_positions(out, kept)
+
+
+class GridAdapter(Adapter):
+    """What the convolutional adapters share: no attention map to score with, and a schedule counted in rows and
+    columns per stage (``num``), never as a share of the tokens."""
+
+    def resolve_metric(self, model, metric: str) -> str:
+        if metric in scores.ATTENTION_METRICS:
+            raise ValueError(
+                f"metric={metric!r} scores tokens with an attention map, and a {type(model).__name__} has none: use a "
+                f"representation-shift metric {scores.SHIFT_METRICS} or a control {scores.CONTROL_METRICS}"
+            )
+        return metric
+
+    @staticmethod
+    def check_counts(model, state: PruneState) -> None:
+        """Refuse ``ratio=``: a grid loses whole rows and columns (or one token of each), counted by ``num``."""
+        if state.ratio is not None and state.layers:
+            raise ValueError(
+                f"ratio={state.ratio}: on a {type(model).__name__} give num= instead, the rows and columns dropped "
+                "at each stage"
+            )
+
+
+class ScoredGridStage:
+    """Put in front of a stage's class: records the stage's grid and, when the stage is scheduled, scores its output
+    map and prunes it. The adapter gives the stage ``repshift_state``, ``repshift_layer`` (its index),
+    ``repshift_where`` (how errors name it) and ``_forward_scored`` (the stage's output and its shift scores)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        state: PruneState = self.repshift_state
+        layer = self.repshift_layer
+        state.enter(layer, x.shape[2] * x.shape[3])
+        if not state.scoring(layer):
+            return super().forward(x)
+        if state.metric in scores.SHIFT_METRICS:
+            out, token_scores = self._forward_scored(state, layer, x)
+        else:  # controls: the stage's own forward, then scores that need no features (random) or none (static)
+            out = super().forward(x)
+            token_scores = score_tokens(state, layer, like=grid_tokens(out))
+        return prune_grid(state, layer, out, token_scores, self.repshift_where)

@@ -46,8 +46,8 @@ from timm.models.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtStage
 from timm.models.efficientnet import EfficientNet
 
 import repshift.scores as scores
-from repshift.patch.base import Adapter, Branch, PruneState, patched_class, register_adapter, score_tokens
-from repshift.patch.grid import check_grid, grid_tokens, prune_grid
+from repshift.patch.base import Branch, PruneState, patched_class, register_adapter, score_tokens
+from repshift.patch.grid import GridAdapter, ScoredGridStage, check_grid, grid_tokens
 
 # The residual branch F of each EfficientNet block type, module by module in timm's order (None entries skipped).
 _EFFICIENTNET_BRANCH = {
@@ -101,21 +101,8 @@ def _branch(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return x, raw, block.drop_path(raw)
 
 
-class RepShiftCNNStage:
-    """Mixin put in front of a stage's class: records its grid and, when scheduled, scores and prunes its output."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        state: PruneState = self.repshift_state
-        layer = self.repshift_layer
-        state.enter(layer, x.shape[2] * x.shape[3])
-        if not state.scoring(layer):
-            return super().forward(x)
-        if state.metric in scores.SHIFT_METRICS:
-            out, token_scores = self._forward_scored(state, layer, x)
-        else:  # controls: timm's own forward, then scores that need no features (random) or none (static)
-            out = super().forward(x)
-            token_scores = score_tokens(state, layer, like=grid_tokens(out))
-        return prune_grid(state, layer, out, token_scores, self.repshift_where)
+class RepShiftCNNStage(ScoredGridStage):
+    """Put in front of an EfficientNet or ConvNeXt stage's class: the shift of its last residual block or across it."""
 
     def _forward_scored(self, state: PruneState, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """The stage's output and its representation-shift scores ``[B, H*W]`` at ``state.site``."""
@@ -188,7 +175,7 @@ def scored_stages(model) -> list[int]:
     return [layer for layer, stage in enumerate(stages(model)) if split_stage(stage)[1]]
 
 
-class TimmCNNAdapter(Adapter):
+class TimmCNNAdapter(GridAdapter):
     family = "timm-cnn"
     description = ("timm EfficientNet-family models (EfficientNet B/Lite/V2) and ConvNeXt, pruned between stages "
                    "(stages: blocks.i / stages.i)")
@@ -216,20 +203,8 @@ class TimmCNNAdapter(Adapter):
     def depth(self, model) -> int:
         return len(stages(model))
 
-    def resolve_metric(self, model, metric: str) -> str:
-        if metric in scores.ATTENTION_METRICS:
-            raise ValueError(
-                f"metric={metric!r} scores tokens with an attention map, and a {type(model).__name__} has none: use a "
-                f"representation-shift metric {scores.SHIFT_METRICS} or a control {scores.CONTROL_METRICS}"
-            )
-        return metric
-
     def install(self, model, state: PruneState) -> None:
-        if state.ratio is not None and state.layers:
-            raise ValueError(
-                f"ratio={state.ratio}: on a {type(model).__name__} give num= instead, the rows and columns dropped "
-                "at each stage"
-            )
+        self.check_counts(model, state)
         if state.metric in scores.SHIFT_METRICS:
             scored = scored_stages(model)
             unscored = [layer for layer in state.layers if layer not in scored]

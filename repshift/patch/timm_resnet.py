@@ -41,9 +41,8 @@ from typing import Sequence
 from torch import Tensor, nn
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-import repshift.scores as scores
-from repshift.patch.base import Adapter, Branch, PruneState, patched_class, register_adapter, score_tokens
-from repshift.patch.grid import check_grid, grid_tokens, prune_grid
+from repshift.patch.base import Branch, PruneState, patched_class, register_adapter, score_tokens
+from repshift.patch.grid import GridAdapter, ScoredGridStage, check_grid, grid_tokens
 
 # The residual branch F of each block type, module by module, in timm's order; then its final activation.
 _BRANCH = {
@@ -84,21 +83,8 @@ def stage_name(layer: int) -> str:
     return f"stage index {layer} (layer{layer + 1})"
 
 
-class RepShiftStage(nn.Sequential):
+class RepShiftStage(ScoredGridStage, nn.Sequential):
     """A ResNet stage that records its grid and, when scheduled, scores and prunes its output map."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        state: PruneState = self.repshift_state
-        layer = self.repshift_layer
-        state.enter(layer, x.shape[2] * x.shape[3])
-        if not state.scoring(layer):
-            return super().forward(x)
-        if state.metric in scores.SHIFT_METRICS:
-            out, token_scores = self._forward_scored(state, layer, x)
-        else:  # controls: timm's own forward, then scores that need no features (random) or none (static)
-            out = super().forward(x)
-            token_scores = score_tokens(state, layer, like=grid_tokens(out))
-        return prune_grid(state, layer, out, token_scores, stage_name(layer))
 
     def _forward_scored(self, state: PruneState, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """The stage's output and its representation-shift scores ``[B, H*W]`` at ``state.site``.
@@ -167,7 +153,7 @@ def grid_sizes(model: ResNet, input_hw: Sequence[int], layers: Sequence[int] = (
     return out
 
 
-class TimmResNetAdapter(Adapter):
+class TimmResNetAdapter(GridAdapter):
     family = "timm-resnet"
     description = "timm ResNet models (ResNet-18/34/50/101/...) built from timm's BasicBlock or Bottleneck"
     sites = ("mlp", "stage")
@@ -188,19 +174,8 @@ class TimmResNetAdapter(Adapter):
     def depth(self, model) -> int:
         return len(stages(model))
 
-    def resolve_metric(self, model, metric: str) -> str:
-        if metric in scores.ATTENTION_METRICS:
-            raise ValueError(
-                f"metric={metric!r} scores tokens with an attention map, and a ResNet has none: use a "
-                f"representation-shift metric {scores.SHIFT_METRICS} or a control {scores.CONTROL_METRICS}"
-            )
-        return metric
-
     def install(self, model, state: PruneState) -> None:
-        if state.ratio is not None and state.layers:
-            raise ValueError(
-                f"ratio={state.ratio}: on a ResNet give num= instead, the rows and columns dropped at each stage"
-            )
+        self.check_counts(model, state)
         input_hw = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))[1:]
         grid_sizes(model, input_hw, state.layers, state.num or ())  # a step larger than the grid fails here
         model.__class__ = patched_class(RepShiftResNetModel, type(model))
@@ -208,11 +183,12 @@ class TimmResNetAdapter(Adapter):
             stage.__class__ = RepShiftStage
             stage.repshift_state = state
             stage.repshift_layer = index
+            stage.repshift_where = stage_name(index)
 
     def uninstall(self, model) -> None:
         for stage in stages(model):
             stage.__class__ = nn.Sequential
-            del stage.repshift_state, stage.repshift_layer
+            del stage.repshift_state, stage.repshift_layer, stage.repshift_where
         model.__class__ = type(model).__bases__[1]  # (RepShiftResNetModel, original class)
 
 
