@@ -140,3 +140,14 @@ def kept_tokens(model, inputs: torch.Tensor, dtype: Optional[torch.dtype]) -> li
 def kept_agreement(a: list[set], b: list[set]) -> float:
     """The share of the kept tokens of ``a`` (per sample sets) that ``b`` kept too."""
     return sum(len(x & y) for x, y in zip(a, b)) / sum(len(x) for x in a)
+
+
+def low_precision_run(model, inputs: torch.Tensor, dtype: torch.dtype) -> tuple[list[set], list[set], bool]:
+    """A patched model's kept tokens in fp32 and under autocast to ``dtype`` (on the inputs' device), and whether
+    its predicted classes are the same under both."""
+    fp32, low = kept_tokens(model, inputs, None), kept_tokens(model, inputs, dtype)
+    with torch.no_grad():
+        labels = model(inputs).argmax(1)
+        with torch.autocast(inputs.device.type, dtype=dtype):
+            same_predictions = torch.equal(model(inputs).argmax(1), labels)
+    return fp32, low, same_predictions

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import repshift
-from families import CASES, kept_agreement, kept_tokens, outputs, shapebench_vit
+from families import CASES, kept_agreement, kept_tokens, low_precision_run, outputs, shapebench_vit
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
 
@@ -57,13 +57,9 @@ def test_trained_vit_keeps_the_same_tokens_under_bf16(trained_vit, metric, site,
     model, images = trained_vit
     repshift.patch(model, metric=metric, site=site, layers=(0, 3, 6), ratio=0.2)
     try:
-        fp32 = kept_tokens(model, images, None)
-        bf16 = kept_tokens(model, images, torch.bfloat16)
-        with torch.no_grad():
-            labels = model(images).argmax(1)
-            with torch.autocast(**BF16):
-                assert torch.equal(model(images).argmax(1), labels)
+        fp32, bf16, same_predictions = low_precision_run(model, images, torch.bfloat16)
     finally:
         repshift.unpatch(model)
+    assert same_predictions
     assert all(len(kept) == 102 for kept in fp32 + bf16)
     assert kept_agreement(fp32, bf16) >= least

@@ -15,7 +15,7 @@ import timm
 import torch
 
 import repshift
-from families import kept_agreement, kept_tokens, shapebench_vit
+from families import kept_agreement, low_precision_run, shapebench_vit
 from repshift.attention import record_kernels
 from repshift.models import umt
 from repshift.ops import causal_conv1d, selective_scan, selective_scan_reference
@@ -67,12 +67,8 @@ def test_fp16_keeps_the_fp32_tokens_and_predictions():
     model, inputs = shapebench_vit()
     model, inputs = model.to(CUDA), inputs.to(CUDA)
     repshift.patch(model, metric="l2", site="mlp", **DEIT_S)
-    fp32 = kept_tokens(model, inputs, None)
-    fp16 = kept_tokens(model, inputs, torch.float16)
-    with torch.no_grad():
-        labels = model(inputs).argmax(1)
-        with torch.autocast(**FP16):
-            assert torch.equal(model(inputs).argmax(1), labels)
+    fp32, fp16, same_predictions = low_precision_run(model, inputs, torch.float16)
+    assert same_predictions
     assert kept_agreement(fp32, fp16) >= 0.98
 
 
